@@ -43,6 +43,7 @@ WHEEL_CUDA: dict[str, str] = {
 }
 
 CUDA_IMAGE_REPOSITORY = "nvidia/cuda"
+CPU_PYTHON_VERSION = "3.11"
 CPU_BASE_IMAGE = "python:3.11.11-slim-bookworm"  # pinned to the patch release
 _CUDA_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 
@@ -104,17 +105,28 @@ class GpuProfile:
     max_cuda_major: int | None  # newest CUDA major the architecture supports
     max_wheel_cuda: str | None  # newest wheel CUDA that still ships kernels for this arch
     cuda_version: str | None  # default CUDA toolkit of the image
-    ubuntu: str
     torch_version: str
     wheel_flavour: str  # cu124, cu126, ..., or cpu
     driver_capabilities: str  # default NVIDIA_DRIVER_CAPABILITIES
     k8s_sharing: Sharing  # default Kubernetes sharing strategy
-    python_version: str  # the interpreter the base image's OS ships (the image installs it from apt)
     mig_profiles: dict[str, int] = field(default_factory=dict)  # name -> max instances
 
     @property
     def is_gpu(self) -> bool:
         return self.compute_capability is not None
+
+    @property
+    def ubuntu(self) -> str:
+        """The CUDA image's OS: 24.04 images exist from CUDA 12.5 on, 22.04 before."""
+        if self.cuda_version is None:
+            return ""
+        major, minor = (int(p) for p in cuda_major_minor(self.cuda_version).split("."))
+        return "24.04" if (major, minor) >= (12, 5) else "22.04"
+
+    @property
+    def python_version(self) -> str:
+        """The interpreter the base image's OS ships (the CUDA image installs it from apt)."""
+        return {"24.04": "3.12", "22.04": "3.10"}.get(self.ubuntu, CPU_PYTHON_VERSION)
 
     @property
     def cuda_arch_list(self) -> str:
@@ -237,8 +249,6 @@ PROFILES: dict[str, GpuProfile] = {
         max_cuda_major=12,  # CUDA 13.0 dropped Maxwell, Pascal and Volta
         max_wheel_cuda="12.6",  # cu128+ wheels dropped sm_50-sm_61 (PyTorch 2.8)
         cuda_version="12.4.1",
-        ubuntu="22.04",
-        python_version="3.10",
         torch_version="2.6.0",
         wheel_flavour="cu124",
         driver_capabilities="compute,utility",
@@ -260,8 +270,6 @@ PROFILES: dict[str, GpuProfile] = {
         max_cuda_major=None,
         max_wheel_cuda=None,
         cuda_version="12.6.3",
-        ubuntu="24.04",
-        python_version="3.12",
         torch_version="2.7.1",
         wheel_flavour="cu126",
         driver_capabilities="compute,utility",
@@ -283,8 +291,6 @@ PROFILES: dict[str, GpuProfile] = {
         max_cuda_major=None,
         max_wheel_cuda=None,
         cuda_version="12.6.3",
-        ubuntu="24.04",
-        python_version="3.12",
         torch_version="2.7.1",
         wheel_flavour="cu126",
         driver_capabilities="compute,utility",
@@ -306,8 +312,6 @@ PROFILES: dict[str, GpuProfile] = {
         max_cuda_major=None,
         max_wheel_cuda=None,
         cuda_version="12.8.1",
-        ubuntu="24.04",
-        python_version="3.12",
         torch_version="2.8.0",
         wheel_flavour="cu128",
         driver_capabilities="compute,utility",
@@ -337,8 +341,6 @@ PROFILES: dict[str, GpuProfile] = {
         max_cuda_major=None,
         max_wheel_cuda=None,
         cuda_version=None,
-        ubuntu="",
-        python_version="3.11",
         torch_version="2.8.0",
         wheel_flavour="cpu",
         driver_capabilities="",

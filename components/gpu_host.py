@@ -1,0 +1,185 @@
+"""GpuHost: a GPU server made ready for GPU containers, and proven so, before anything is built on it.
+
+Creates, in order, each step waiting for the one before (over SSH with the pinned host key and an
+optional bastion, or as local commands for `host: local`):
+1. `driver`    install-driver.sh: verify the NVIDIA driver, or install it (nouveau blacklisted first);
+2. `preflight` the pynvml preflight (copied to the host with its pynvml module): the GPU model, driver,
+               CUDA driver version and MIG mode must match the profile; with `auto` it names the profile;
+3. `toolkit`   install-toolkit.sh: the NVIDIA Container Toolkit from NVIDIA's repository, pinned key;
+4. `runtime`   configure-runtime.sh: `nvidia-ctk runtime configure`, restart only on change;
+5. `verify`    verify-gpu.sh: nvidia-smi on the host, then in a throwaway CUDA container.
+A step whose action is `skip` is left out. Each command re-runs only when its script or parameters
+change (nothing random or time-based goes in). `ready` resolves once the last step has passed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pulumi
+import pulumi_command as command
+
+from components import host_scripts
+
+Action = Literal["install", "verify", "skip"]
+PREFLIGHT_DIR = "/var/tmp/gpu-deploy-preflight"  # noqa: S108 - a fixed, documented place on the host
+COMPONENTS_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Provisioning:
+    driver: Action
+    driver_branch: str
+    kernel_modules: str
+    toolkit: Action
+    runtime: Literal["docker", "containerd", "microk8s"]
+    reboot: Literal["never", "if-needed"]
+
+
+@dataclass(frozen=True)
+class PreflightRequest:
+    profile: str  # a profile key, or "auto"
+    cuda_version: str | None = None
+    min_driver: str | None = None
+    require_mig: bool = False
+
+    def arguments(self) -> list[str]:
+        args = ["--profile", self.profile, "--json"]
+        if self.cuda_version:
+            args += ["--cuda-version", self.cuda_version]
+        if self.min_driver:
+            args += ["--min-driver", self.min_driver]
+        if self.require_mig:
+            args.append("--require-mig")
+        return args
+
+
+def preflight_bundle() -> pulumi.AssetArchive:
+    """preflight.py, profiles.py and the installed pynvml module, for a host without the bindings."""
+    spec = importlib.util.find_spec("pynvml")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("pynvml (nvidia-ml-py) is not installed: pip install -r requirements.txt")
+    return pulumi.AssetArchive(
+        {
+            "preflight.py": pulumi.FileAsset(str(COMPONENTS_DIR / "preflight.py")),
+            "profiles.py": pulumi.FileAsset(str(COMPONENTS_DIR / "profiles.py")),
+            "pynvml.py": pulumi.FileAsset(spec.origin),
+        }
+    )
+
+
+class GpuHost(pulumi.ComponentResource):
+    facts: pulumi.Output[Any]  # the preflight's JSON report
+    profile: pulumi.Output[str]  # the profile the preflight matched
+    ready: pulumi.Output[str]
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        connection: command.remote.ConnectionArgs | None,
+        provisioning: Provisioning,
+        preflight: PreflightRequest,
+        cuda_image_for: Callable[[str], str],
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gpu-deploy:host:GpuHost", name, None, opts)
+        self._name = name
+        self._connection = connection
+        previous: list[pulumi.Resource] = []
+
+        if provisioning.driver != "skip":
+            previous = [
+                self._script(
+                    "driver",
+                    "install-driver",
+                    {
+                        "DRIVER_ACTION": provisioning.driver,
+                        "DRIVER_BRANCH": provisioning.driver_branch,
+                        "KERNEL_MODULES": provisioning.kernel_modules,
+                        "REBOOT": provisioning.reboot,
+                    },
+                    previous,
+                )
+            ]
+
+        check = self._preflight(preflight, previous)
+        self.facts = check.stdout.apply(json.loads)
+        self.profile = self.facts.apply(lambda report: str(report["profile"]))
+        previous = [check]
+
+        if provisioning.toolkit != "skip":
+            previous = [
+                self._script("toolkit", "install-toolkit", {"TOOLKIT_ACTION": provisioning.toolkit}, previous)
+            ]
+            previous = [
+                self._script(
+                    "runtime", "configure-runtime", {"CONTAINER_RUNTIME": provisioning.runtime}, previous
+                )
+            ]
+        # The profile's CUDA base image: known now for a named profile, after the preflight for auto.
+        cuda_image = (
+            self.profile.apply(cuda_image_for)
+            if preflight.profile == "auto"
+            else pulumi.Output.from_input(cuda_image_for(preflight.profile))
+        )
+        verify_env = cuda_image.apply(
+            lambda image: {"CUDA_IMAGE": image, "CONTAINER_RUNTIME": provisioning.runtime}
+        )
+        verify = self._script("verify", "verify-gpu", verify_env, previous)
+        self.ready = verify.stdout.apply(lambda _: "verified")
+        self.register_outputs({"facts": self.facts, "profile": self.profile, "ready": self.ready})
+
+    def _script(
+        self,
+        step: str,
+        script: str,
+        env: pulumi.Input[dict[str, str]],
+        after: list[pulumi.Resource],
+    ) -> command.local.Command | command.remote.Command:
+        create = pulumi.Output.from_input(env).apply(host_scripts.command_line)
+        return self._command(step, create, host_scripts.script(script), after)
+
+    def _preflight(
+        self, request: PreflightRequest, after: list[pulumi.Resource]
+    ) -> command.local.Command | command.remote.Command:
+        if self._connection is None:
+            # The machine running Pulumi is the host: its own virtualenv has pynvml.
+            run = " ".join([".venv/bin/python", "-m", "components.preflight", *request.arguments()])
+            return self._command("preflight", run, None, after)
+        copy = command.remote.CopyToRemote(
+            f"{self._name}-preflight-files",
+            connection=self._connection,
+            source=preflight_bundle(),
+            remote_path=PREFLIGHT_DIR,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+        )
+        run = " ".join(["python3", f"{PREFLIGHT_DIR}/preflight.py", *request.arguments()])
+        return self._command("preflight", run, None, [copy], triggers=[copy.id])
+
+    def _command(
+        self,
+        step: str,
+        create: pulumi.Input[str],
+        stdin: str | None,
+        after: list[pulumi.Resource],
+        triggers: list[Any] | None = None,
+    ) -> command.local.Command | command.remote.Command:
+        opts = pulumi.ResourceOptions(parent=self, depends_on=after)
+        if self._connection is None:
+            return command.local.Command(
+                f"{self._name}-{step}", create=create, stdin=stdin, triggers=triggers, opts=opts
+            )
+        return command.remote.Command(
+            f"{self._name}-{step}",
+            connection=self._connection,
+            create=create,
+            stdin=stdin,
+            triggers=triggers,
+            opts=opts,
+        )

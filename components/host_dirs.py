@@ -1,0 +1,42 @@
+"""HostDirectories: the host directories behind bind mounts, owned by the user the container runs as.
+
+Creates one command (over SSH, or local for `host: local`) that runs `prepare-dirs.sh`: it makes the
+directories with owner uid:gid and mode 0750 — never world-writable — and has no delete step, so
+destroying or replacing a container never deletes host data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pulumi
+import pulumi_command as command
+
+from components import host_scripts
+from components.specs import UserSpec
+
+
+class HostDirectories(pulumi.ComponentResource):
+    def __init__(
+        self,
+        name: str,
+        *,
+        paths: Sequence[str],
+        owner: UserSpec,
+        connection: command.remote.ConnectionArgs | None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
+        super().__init__("gpu-deploy:host:HostDirectories", name, None, opts)
+        env = {"DIRS": "\n".join(sorted(set(paths))), "OWNER": str(owner), "MODE": "0750"}
+        create = host_scripts.command_line(env)
+        script = host_scripts.script("prepare-dirs")
+        child = pulumi.ResourceOptions(parent=self)
+        prepared: command.local.Command | command.remote.Command
+        if connection is None:
+            prepared = command.local.Command(f"{name}-prepare", create=create, stdin=script, opts=child)
+        else:
+            prepared = command.remote.Command(
+                f"{name}-prepare", connection=connection, create=create, stdin=script, opts=child
+            )
+        self.done = prepared.stdout
+        self.register_outputs({"paths": sorted(set(paths)), "owner": str(owner)})

@@ -1,0 +1,85 @@
+"""The host provisioning scripts (components/scripts/*.sh) as text to run over SSH.
+
+Each script sources common.sh when run from disk. `script()` inlines common.sh in place of that
+`source` line, so the text is self-contained and runs as `bash -s` with the script on stdin:
+
+    command.remote.Command(create=command_line(env), stdin=script(name))
+
+Exit codes are shared by all scripts and documented in common.sh (see EXIT_CODES).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+SCRIPTS_DIR: Path = Path(__file__).resolve().parent / "scripts"
+COMMON = "common.sh"
+SOURCE_LINE = 'source "$(dirname "${BASH_SOURCE[0]}")/common.sh"'
+
+# The shared exit-code table of common.sh.
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    10: "unsupported operating system",
+    11: "needs root or passwordless sudo",
+    12: "download or key verification failed",
+    13: "package installation failed",
+    14: "NVIDIA driver not working",
+    15: "reboot required (REBOOT=never): reboot, then run pulumi up again",
+    16: "rebooting now: run pulumi up again once the host is back",
+    17: "container runtime configuration or restart failed",
+    18: "GPU container check failed",
+    19: "bad parameters",
+    20: "NVIDIA Container Toolkit not working",
+}
+
+_ENV_KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def script_names() -> tuple[str, ...]:
+    """The runnable scripts, without the .sh suffix: ('configure-runtime', 'install-driver', ...)."""
+    return tuple(sorted(p.stem for p in SCRIPTS_DIR.glob("*.sh") if p.name != COMMON))
+
+
+def _common_body() -> str:
+    lines = (SCRIPTS_DIR / COMMON).read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].startswith("#!"):
+        lines = lines[1:]
+    return "\n".join(lines)
+
+
+def script(name: str) -> str:
+    """The self-contained text of scripts/<name>.sh, with common.sh inlined."""
+    if name not in script_names():
+        raise ValueError(f"unknown host script {name!r} (known: {', '.join(script_names())})")
+    text = (SCRIPTS_DIR / f"{name}.sh").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    if lines.count(SOURCE_LINE) != 1:
+        raise ValueError(f"{name}.sh must contain the line {SOURCE_LINE!r} exactly once")
+    index = lines.index(SOURCE_LINE)
+    body = [
+        *lines[:index],
+        f"# --- begin {COMMON} (inlined) ---",
+        _common_body(),
+        f"# --- end {COMMON} ---",
+        *lines[index + 1 :],
+    ]
+    return "\n".join(body) + "\n"
+
+
+def command_line(env: Mapping[str, str]) -> str:
+    """`env KEY='value' ... bash -s`: runs the script given on stdin with these variables."""
+    parts: list[str] = []
+    for key, value in env.items():
+        if not _ENV_KEY.fullmatch(key):
+            raise ValueError(f"environment variable names are [A-Z_][A-Z0-9_]*, got {key!r}")
+        if not isinstance(value, str):
+            raise TypeError(f"the value of {key} must be a string, got {type(value).__name__}")
+        if "\0" in value:
+            raise ValueError(f"the value of {key} contains a NUL byte")
+        parts.append(f"{key}={shlex.quote(value)}")
+    if not parts:
+        return "bash -s"
+    return " ".join(["env", *parts, "bash", "-s"])

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Create service directories (model caches, data) with a fixed owner and mode. Never deletes.
+#
+# Environment:
+#   DIRS       newline-separated absolute directory paths (blank lines ignored); relative paths,
+#              '..' components and '/' itself are refused before anything is created
+#   OWNER      "uid:gid", numeric (e.g. 1001:1001)
+#   MODE       octal mode of each listed directory (default 0750); world-writable modes are refused
+#   HOST_ROOT  file path prefix (tests only; see common.sh)
+# Parents that do not exist yet are created root-owned with mode 0755; existing parents are untouched.
+#
+# Exit codes: 0 ok, 11 needs root/sudo, 19 bad parameters.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+bad() {
+  die "$EXIT_BAD_PARAMS" "$1" "fix the directory list in the stack configuration and run pulumi up again"
+}
+
+main() {
+  local owner="${OWNER:-}" mode="${MODE:-0750}" dir
+  local -a dirs=()
+  [[ "$owner" =~ ^[0-9]+:[0-9]+$ ]] || bad "OWNER must be numeric uid:gid (e.g. 1001:1001), got '${owner}'"
+  [[ "$mode" =~ ^0?[0-7]{3}$ ]] || bad "MODE must be an octal mode such as 0750, got '${mode}'"
+  mode="$(printf '%o' "$((8#$mode))")"
+  (((8#$mode & 8#002) == 0)) || bad "MODE $mode would make the directories world-writable; use 0750 or 0755"
+
+  while IFS= read -r dir; do
+    [[ -n "$dir" ]] || continue
+    [[ "$dir" == /* ]] || bad "directory '$dir' is not an absolute path"
+    [[ "/$dir/" != */../* ]] || bad "directory '$dir' contains '..'"
+    [[ "$dir" =~ [^/] ]] || bad "refusing to manage '/' itself"
+    dirs+=("$dir")
+  done <<<"${DIRS:-}"
+  ((${#dirs[@]} > 0)) || bad "DIRS lists no directories"
+
+  require_root
+  umask 022
+  local uid="${owner%%:*}" gid="${owner##*:}" path current
+  for dir in "${dirs[@]}"; do
+    path="${HOST_ROOT}${dir}"
+    if as_root test -e "$path" && ! as_root test -d "$path"; then
+      bad "'$dir' exists and is not a directory"
+    fi
+    current="$(as_root stat -c '%u:%g %a' "$path" 2>/dev/null || true)"
+    if [[ "$current" == "$uid:$gid $mode" ]]; then
+      log "$dir: already $uid:$gid mode $mode"
+      continue
+    fi
+    as_root install -d -o "$uid" -g "$gid" -m "$mode" "$path"
+    log "$dir: now $uid:$gid mode $mode"
+  done
+}
+
+# stdin is the script itself under `bash -s`: keep child processes from reading it.
+main "$@" </dev/null

@@ -1,0 +1,66 @@
+"""Value objects shared by the config model and the components: what a service asks for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class GpuRequest:
+    """What a service asks of the GPUs: all, none, a count, or specific devices / MIG instances."""
+
+    mode: Literal["all", "none", "count", "devices"]
+    count: int = 0
+    device_ids: tuple[str, ...] = ()
+
+    @property
+    def wants_gpu(self) -> bool:
+        return self.mode != "none"
+
+    @property
+    def uses_mig(self) -> bool:
+        return any(is_mig_device(d) for d in self.device_ids)
+
+
+def is_mig_device(device_id: str) -> bool:
+    return device_id.startswith("MIG-") or ":" in device_id
+
+
+NO_GPU = GpuRequest("none")
+
+
+@dataclass(frozen=True)
+class PortMapping:
+    container_port: int
+    host_port: int
+    host_ip: str = ""
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+@dataclass(frozen=True)
+class VolumeMount:
+    host: str  # as written: relative ones live under target.root
+    container: str
+    read_only: bool = False
+
+    @property
+    def is_relative(self) -> bool:
+        return not self.host.startswith("/")
+
+    def host_path(self, root: str | None) -> str:
+        if not self.is_relative:
+            return self.host
+        if root is None:
+            raise ValueError(f"relative volume {self.host!r} needs a root directory")
+        return str(PurePosixPath(root) / PurePosixPath(self.host.removeprefix("./")))
+
+
+@dataclass(frozen=True)
+class UserSpec:
+    uid: int
+    gid: int
+
+    def __str__(self) -> str:
+        return f"{self.uid}:{self.gid}"

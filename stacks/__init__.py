@@ -1,0 +1,70 @@
+"""Turns a validated stack configuration into a deployment: one module per target kind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pulumi
+
+from stacks import docker
+from stacks.config import (
+    ConfigError,
+    ResolvedStack,
+    read_pulumi_config,
+    resolve_profile,
+    validate_with_secrets,
+)
+
+TARGETS: dict[str, Callable[[ResolvedStack], None]] = {"docker": docker.deploy}
+
+
+def detect_local_profile() -> str:
+    """Run the preflight's auto-detection on this machine (the Docker host for `host: local`)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "components.preflight", "--profile", "auto", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    try:
+        report = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        raise ConfigError("profile", f"auto: the preflight failed: {result.stderr.strip()}") from None
+    if report.get("profile") is None:
+        names = ", ".join(g["name"] for g in report.get("gpus", []))
+        raise ConfigError("profile", f"auto: found {names or 'no GPU'}, which no profile matches; set one")
+    return str(report["profile"])
+
+
+def load() -> ResolvedStack:
+    """Read, validate and resolve this stack's config; raises ConfigError before any resource exists."""
+    raw, secret_keys = read_pulumi_config()
+    config = validate_with_secrets(raw, secret_keys)
+    detected = None
+    if config.profile == "auto" and config.target.is_local:
+        detected = detect_local_profile()
+    profile, warnings = resolve_profile(config, detected)
+    return ResolvedStack(
+        project=pulumi.get_project(),
+        stack=pulumi.get_stack(),
+        config=config,
+        profile=profile,
+        requested_profile=config.profile,
+        secret_keys=secret_keys,
+        warnings=tuple(warnings),
+    )
+
+
+def main() -> None:
+    """The program `pulumi up` runs: validate everything, then hand the stack to its target."""
+    try:
+        stack = load()
+    except ConfigError as err:
+        raise pulumi.RunError(str(err)) from None
+    for warning in stack.warnings:
+        pulumi.log.warn(warning)
+    TARGETS[stack.config.target.kind](stack)

@@ -1,0 +1,166 @@
+"""`python -m stacks`: the offline plan and stack listing.
+
+    python -m stacks plan STACK [--config-file FILE] [--json] [--preview]
+    python -m stacks list
+
+Exit codes: 0 success, 2 a config error (one line on stderr naming the key), 1 anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stacks import load
+from stacks.config import ConfigError
+from stacks.plan import PROJECT_DIR, Plan, PlanError, PlannedResource, execute, list_stacks, prepare
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+
+
+def _short_type(type_: str) -> str:
+    return type_.rsplit(":", maxsplit=1)[-1]
+
+
+def _summary(resource: PlannedResource) -> str:
+    """The key inputs of a resource, on one line."""
+    inputs = resource.inputs
+    kind = _short_type(resource.type)
+    parts: list[str] = []
+    if kind == "Container":
+        parts.append(f"image={inputs.get('image')}")
+        for request in inputs.get("deviceRequests") or []:
+            if "deviceIds" in request:
+                parts.append(f"gpu=devices:{','.join(request['deviceIds'])}")
+            else:
+                parts.append(f"gpu={'all' if request.get('count') == -1 else request.get('count')}")
+        parts += [
+            f"port={p.get('ip', '') + ':' if p.get('ip') else ''}{p['external']}->{p['internal']}"
+            for p in inputs.get("ports") or []
+        ]
+        parts += [
+            f"mount={m['source']}:{m['target']}{':ro' if m.get('readOnly') else ''}"
+            for m in inputs.get("mounts") or []
+        ]
+        parts.append(f"user={inputs.get('user')}")
+        if inputs.get("memory"):
+            parts.append(f"memory={inputs['memory']}m")
+        if inputs.get("attach"):
+            parts.append("one-shot")
+    elif kind == "Image":
+        build = inputs.get("build") or {}
+        parts.append(f"image={inputs.get('imageName')}")
+        if build.get("target"):
+            parts.append(f"stage={build['target']}")
+    elif kind == "RemoteImage":
+        parts.append(f"image={inputs.get('name')} (pinned, no build)")
+    elif resource.type.startswith("pulumi:providers:"):
+        parts.append(f"host={inputs.get('host')}")
+    elif kind == "Network":
+        parts.append(f"name={inputs.get('name')}")
+    elif kind == "Command":
+        parts.append(f"run={str(inputs.get('create', '')).splitlines()[0][:80]}")
+    return "  " + " ".join(parts) if parts else ""
+
+
+def render_tree(plan: Plan) -> str:
+    children: dict[str | None, list[PlannedResource]] = {}
+    for resource in plan.resources:
+        children.setdefault(resource.parent, []).append(resource)
+    lines = [f"{plan.project}/{plan.stack}"]
+
+    def walk(parent: str | None, indent: str) -> None:
+        items = children.get(parent, [])
+        for index, resource in enumerate(items):
+            last = index == len(items) - 1
+            lines.append(
+                f"{indent}{'└─ ' if last else '├─ '}{resource.type} {resource.name}{_summary(resource)}"
+            )
+            walk(resource.urn, indent + ("   " if last else "│  "))
+
+    roots = children.get(None, [])
+    for root in roots:
+        walk(root.urn, "")
+    if plan.outputs:
+        lines.append("outputs:")
+        lines += [f"  {key}: {json.dumps(value)}" for key, value in sorted(plan.outputs.items())]
+    for warning in plan.warnings:
+        lines.append(f"warning: {warning}")
+    return "\n".join(lines)
+
+
+def run_plan(stack: str, config_file: Path | None, *, preview: bool) -> Plan:
+    """Validate first (a config error exits 2 before any resource), then run the program."""
+    plan = prepare(stack, config_file=config_file, preview=preview)
+    load()  # the same validation the program does, so a mistake never reaches a resource
+    return execute(plan)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    config_file = Path(args.config_file) if args.config_file else None
+    plan = run_plan(args.stack, config_file, preview=args.preview)
+    if args.json:
+        print(json.dumps(plan.as_json(), indent=2, sort_keys=True))
+        for warning in plan.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+    else:
+        print(render_tree(plan))
+    return EXIT_OK
+
+
+def _stack_summary(path: Path) -> dict[str, Any]:
+    doc = yaml.safe_load(path.read_text()) or {}
+    config = doc.get("config") or {}
+    target = config.get("gpu-deploy:target") or {}
+    host = target.get("host", "local") if target.get("kind") == "docker" else target.get("context", "")
+    return {
+        "profile": config.get("gpu-deploy:profile", "?"),
+        "target": f"{target.get('kind', '?')}:{host}",
+    }
+
+
+def cmd_list(_: argparse.Namespace) -> int:
+    for stack in list_stacks(PROJECT_DIR):
+        info = _stack_summary(PROJECT_DIR / f"Pulumi.{stack}.yaml")
+        print(f"{stack:<10} profile={info['profile']:<6} target={info['target']}")
+    return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m stacks", description="gpu-deploy offline tools")
+    sub = top.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="what `pulumi up` would create, offline (no CLI, host or cloud)")
+    plan.add_argument("stack")
+    plan.add_argument("--config-file", help="a stack config file instead of Pulumi.STACK.yaml")
+    plan.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    plan.add_argument("--preview", action="store_true", help="run as a preview (values unknown until deploy)")
+    plan.set_defaults(func=cmd_plan)
+    listing = sub.add_parser("list", help="each stack with its profile and target")
+    listing.set_defaults(func=cmd_list)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_CONFIG
+    except PlanError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:
+        print(f"error: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,677 @@
+"""The one place that reads and validates a stack's `gpu-deploy:` configuration.
+
+Every mistake becomes a `ConfigError` whose message is one line naming the full key, e.g.
+`gpu-deploy:services.app.gpu: expected "all", "none", a count >= 1 or a list of device ids, got "two"`.
+Validation finishes before any resource is registered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
+
+from pulumi.runtime import config as runtime_config
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from components.profiles import PROFILES, GpuProfile
+from components.specs import GpuRequest, PortMapping, UserSpec, VolumeMount
+
+NAMESPACE = "gpu-deploy"
+PROFILE_CHOICES = (*PROFILES, "auto")
+SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 - what the offline plan shows instead of a secret
+
+
+class ConfigError(Exception):
+    """A stack configuration mistake: one line, naming the key."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{NAMESPACE}:{key}: {problem}")
+
+
+def _quote(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+# ---------------------------------------------------------------- value parsers
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
+_SIZE_FACTORS_MIB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
+
+
+def parse_size_mib(value: Any) -> int:
+    """Docker-style sizes: '4g', '512m', '2GiB'; a bare number is MiB."""
+    if isinstance(value, bool):
+        raise ValueError(f'expected a size such as "4g" or "512m", got {_quote(value)}')
+    text = str(value).strip()
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f'expected a size such as "4g" or "512m", got {_quote(value)}')
+    number, unit = float(match.group(1)), (match.group(2) or "m").lower()
+    mib = int(number * _SIZE_FACTORS_MIB[unit])
+    if mib < 4:
+        raise ValueError(f"expected at least 4m, got {_quote(value)}")
+    return mib
+
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration_s(value: Any) -> int:
+    """'30s', '1m', '1m30s', '2h' or a number of seconds."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    text = str(value).strip()
+    match = _DURATION.match(text)
+    if not text or not match:
+        raise ValueError(f'expected a duration such as "30s", "1m" or "1m30s", got {_quote(value)}')
+    hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+_DEVICE_ID = re.compile(r"^(\d+|\d+:\d+|GPU-[0-9a-fA-F-]{8,}|MIG-[0-9a-zA-Z/-]{8,})$")
+
+
+def parse_gpu(value: Any) -> GpuRequest:
+    problem = f'expected "all", "none", a count >= 1 or a list of device ids, got {_quote(value)}'
+    if isinstance(value, GpuRequest):
+        return value
+    if value is None or value == "none" or value is False:
+        return GpuRequest("none")
+    if value == "all":
+        return GpuRequest("all")
+    if isinstance(value, bool):
+        raise ValueError(problem)
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        count = int(value)
+        if count < 1:
+            raise ValueError(problem)
+        return GpuRequest("count", count=count)
+    if isinstance(value, list) and value:
+        ids = tuple(str(v) for v in value if not isinstance(v, bool))
+        bad = [d for d in ids if not _DEVICE_ID.match(d)]
+        if len(ids) != len(value) or bad:
+            raise ValueError(
+                f"expected device indexes (0), GPU UUIDs (GPU-...), MIG UUIDs (MIG-...) "
+                f"or GPU:MIG indexes (0:1), got {_quote(bad[0] if bad else value)}"
+            )
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"lists a device twice: {_quote(list(ids))}")
+        return GpuRequest("devices", device_ids=ids)
+    raise ValueError(problem)
+
+
+_PORT = re.compile(
+    r"^(?:(?P<ip>\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-fA-F:]+\]):)?(?P<host>\d+):(?P<ctr>\d+)(?:/(?P<proto>tcp|udp))?$"
+)
+
+
+def parse_port(value: Any) -> PortMapping:
+    match = _PORT.match(str(value))
+    if not match or isinstance(value, bool):
+        raise ValueError(
+            f'expected "HOST:CONTAINER", "IP:HOST:CONTAINER" or with "/udp", got {_quote(value)}'
+        )
+    host, ctr = int(match.group("host")), int(match.group("ctr"))
+    if not (1 <= host <= 65535 and 1 <= ctr <= 65535):
+        raise ValueError(f"ports are 1-65535, got {_quote(value)}")
+    proto: Literal["tcp", "udp"] = "udp" if match.group("proto") == "udp" else "tcp"
+    return PortMapping(ctr, host, (match.group("ip") or "").strip("[]"), proto)
+
+
+def parse_volume(value: Any) -> VolumeMount:
+    if not isinstance(value, str):
+        raise ValueError(f'expected "host:container" or "host:container:ro", got {_quote(value)}')
+    parts = value.split(":")
+    mode = "rw"
+    if len(parts) == 3:
+        mode = parts.pop()
+    if len(parts) != 2 or mode not in ("ro", "rw") or not all(parts):
+        raise ValueError(f'expected "host:container" or "host:container:ro", got {_quote(value)}')
+    host, container = parts
+    if not container.startswith("/"):
+        raise ValueError(f"the container path must be absolute, got {_quote(container)}")
+    for path in (host, container):
+        if ".." in PurePosixPath(path).parts:
+            raise ValueError(f"'..' is not allowed in a volume path, got {_quote(value)}")
+    if host.rstrip("/") == "":
+        raise ValueError("the host's / cannot be mounted")
+    return VolumeMount(host.rstrip("/") or host, container, mode == "ro")
+
+
+def parse_user(value: Any) -> UserSpec:
+    text = str(value)
+    match = re.fullmatch(r"(\d+)(?::(\d+))?", text)
+    if not match or isinstance(value, bool):
+        raise ValueError(
+            f'expected a numeric "uid:gid" such as "1001:1001" (host directories are owned by it), '
+            f"got {_quote(value)}"
+        )
+    uid = int(match.group(1))
+    gid = int(match.group(2)) if match.group(2) else uid
+    if uid == 0 or gid == 0:
+        raise ValueError(f"containers run as a non-root user; got {_quote(value)}")
+    return UserSpec(uid, gid)
+
+
+_IMAGE_REF = re.compile(
+    r"^(?P<name>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+)
+
+
+def parse_image_ref(value: Any) -> str:
+    text = str(value)
+    if text == "build":
+        return text
+    match = _IMAGE_REF.match(text)
+    if not match or isinstance(value, bool):
+        raise ValueError(f'expected "build" or a pinned image such as "redis:7.2.4", got {_quote(value)}')
+    if not match.group("tag") and not match.group("digest"):
+        raise ValueError(f"pin a tag or digest (e.g. redis:7.2.4): {_quote(text)} is not reproducible")
+    if match.group("tag") == "latest" and not match.group("digest"):
+        raise ValueError(f"pin a real tag or digest: {_quote(text)} changes under you")
+    return text
+
+
+_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.IGNORECASE)
+
+
+def looks_secret(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name))
+
+
+def _str_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    raise ValueError(f"expected a string, number or boolean, got {_quote(value)}")
+
+
+GpuField = Annotated[GpuRequest, BeforeValidator(parse_gpu)]
+PortField = Annotated[PortMapping, BeforeValidator(parse_port)]
+VolumeField = Annotated[VolumeMount, BeforeValidator(parse_volume)]
+UserField = Annotated[UserSpec, BeforeValidator(parse_user)]
+SizeField = Annotated[int, BeforeValidator(parse_size_mib)]
+DurationField = Annotated[int, BeforeValidator(parse_duration_s)]
+ImageRefField = Annotated[str, BeforeValidator(parse_image_ref)]
+EnvValue = Annotated[str, BeforeValidator(_str_value)]
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,40}$")]
+
+
+# ---------------------------------------------------------------- models
+class Model(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, alias_generator=to_camel, populate_by_name=True, strict=False
+    )
+
+
+class CudaOverrides(Model):
+    """A stack's departures from the profile's CUDA defaults, checked against the card."""
+
+    version: str | None = None  # e.g. 12.1.1
+    wheel_index: str | None = None  # cu121, cu124, ..., cpu
+    torch_version: str | None = None
+    driver: str | None = None  # the driver (or branch) the host runs: checked against the minimum
+    mig: bool = False  # the stack needs MIG mode
+
+
+class RegistryConfig(Model):
+    server: str
+    username: str
+    password: str  # always a Pulumi secret
+
+
+class ImageConfig(Model):
+    repository: Annotated[str, Field(pattern=r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9._-]+)*$")]
+    context: str = "."
+    dockerfile: str = "Dockerfile"
+    target: str | None = None
+    build_args: dict[str, EnvValue] = Field(default_factory=dict)
+    tag: Annotated[str, Field(pattern=r"^$|^[\w][\w.-]{0,127}$")] = ""
+    registry: RegistryConfig | None = None
+    app_uid: int = Field(default=1001, ge=1)
+
+    @field_validator("build_args")
+    @classmethod
+    def _no_secret_build_args(cls, args: dict[str, str]) -> dict[str, str]:
+        for key in args:
+            if looks_secret(key):
+                raise _KeyedError(
+                    key,
+                    "build args are stored in the image history; pass secrets at run time "
+                    "(services.<name>.secretEnv)",
+                )
+        return args
+
+
+class Bastion(Model):
+    host: str
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    host_key: str
+
+
+class DockerTarget(Model):
+    kind: Literal["docker"]
+    host: Annotated[str, Field(min_length=1)] = "local"
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    host_key: str | None = None  # pinned SSH host key: "ssh-ed25519 AAAA..."
+    ssh_key: str | None = None  # private key (a Pulumi secret); the agent is used without it
+    bastion: Bastion | None = None
+    root: str | None = None  # where relative bind sources live on the host
+
+    @property
+    def is_local(self) -> bool:
+        return self.host == "local"
+
+    @field_validator("host_key")
+    @classmethod
+    def _host_key_shape(cls, key: str | None) -> str | None:
+        if key is not None and not re.fullmatch(
+            r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", key
+        ):
+            raise ValueError(
+                'expected a public host key such as "ssh-ed25519 AAAAC3..." (ssh-keyscan -t ed25519 HOST)'
+            )
+        return key
+
+    @field_validator("root")
+    @classmethod
+    def _root_absolute(cls, root: str | None) -> str | None:
+        if root is not None and (
+            not root.startswith("/") or root.rstrip("/") == "" or ".." in root.split("/")
+        ):
+            raise ValueError(f"expected an absolute directory other than /, got {_quote(root)}")
+        return root.rstrip("/") if root else root
+
+    @model_validator(mode="after")
+    def _ssh_needs_host_key(self) -> DockerTarget:
+        if not self.is_local and self.host_key is None:
+            raise _KeyedError(
+                "hostKey",
+                f"required for an SSH host: pin the server's key (ssh-keyscan -t ed25519 {self.host})",
+            )
+        return self
+
+
+class HttpCheck(Model):
+    path: Annotated[str, Field(pattern=r"^/")]
+    port: int = Field(ge=1, le=65535)
+
+
+class Healthcheck(Model):
+    http: HttpCheck | None = None
+    command: list[str] | str | None = None
+    interval: DurationField = 30
+    timeout: DurationField = 10
+    retries: int = Field(default=3, ge=1)
+    start_period: DurationField = 0
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> Healthcheck:
+        if (self.http is None) == (self.command is None):
+            raise ValueError('give exactly one of "http" (path and port) or "command"')
+        return self
+
+
+class ProvisionConfig(Model):
+    """How the host is made ready (issue: host provisioning); defaults only verify."""
+
+    driver: Literal["install", "verify", "skip"] = "verify"
+    driver_branch: Annotated[str, Field(pattern=r"^\d{3}$")] | None = None  # the profile's otherwise
+    kernel_modules: Literal["proprietary", "open"] | None = None  # the profile's otherwise
+    toolkit: Literal["install", "verify", "skip"] = "verify"
+    runtime: Literal["docker", "containerd", "microk8s"] = "docker"
+    reboot: Literal["never", "if-needed"] = "never"
+
+
+DependencyCondition = Literal["started", "healthy", "completed"]
+
+
+class BuildOverride(Model):
+    """A service's own build, compose-style; each key defaults to the stack's image section."""
+
+    context: str | None = None
+    dockerfile: str | None = None
+    target: str | None = None
+
+
+class Service(Model):
+    image: ImageRefField
+    build: BuildOverride | None = None
+    command: list[str] | str | None = None
+    gpu: GpuField = GpuRequest("none")
+    ports: list[PortField] = Field(default_factory=list)
+    env: dict[str, EnvValue] = Field(default_factory=dict)
+    secret_env: dict[str, EnvValue] = Field(default_factory=dict)
+    volumes: list[VolumeField] = Field(default_factory=list)
+    user: UserField = UserSpec(1001, 1001)
+    memory: SizeField | None = None
+    shm_size: SizeField | None = None
+    healthcheck: Healthcheck | None = None
+    depends_on: dict[str, DependencyCondition] = Field(default_factory=dict)
+    one_shot: bool = False
+    enabled: bool = True
+    restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    driver_capabilities: str | None = None  # NVIDIA_DRIVER_CAPABILITIES; the profile's default otherwise
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_list(cls, value: Any) -> Any:
+        if isinstance(value, list):  # compose's short form: started
+            return {str(v): "started" for v in value}
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _plain_env_is_not_secret(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if looks_secret(key) and value:
+                raise _KeyedError(key, "looks like a credential; move it to secretEnv (stored encrypted)")
+        return env
+
+    @property
+    def command_list(self) -> list[str] | None:
+        if self.command is None:
+            return None
+        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+
+    @property
+    def effective_restart(self) -> str:
+        return "no" if self.one_shot else self.restart
+
+
+class StackConfig(Model):
+    profile: Literal["p40", "a2", "a4000", "h100", "cpu", "auto"]
+    target: DockerTarget
+    cuda: CudaOverrides = CudaOverrides()
+    image: ImageConfig | None = None
+    provision: ProvisionConfig = ProvisionConfig()
+    services: dict[Name, Service]
+
+    @field_validator("services")
+    @classmethod
+    def _at_least_one(cls, services: dict[str, Service]) -> dict[str, Service]:
+        if not services:
+            raise ValueError("declare at least one service")
+        return services
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> StackConfig:
+        enabled = {n for n, s in self.services.items() if s.enabled}
+        for name, svc in self.services.items():
+            key = f"services.{name}"
+            if svc.image == "build" and self.image is None:
+                raise _KeyedError(f"{key}.image", '"build" needs an image section (gpu-deploy:image)')
+            if svc.build is not None and svc.image != "build":
+                raise _KeyedError(
+                    f"{key}.build", f'only a service with image: "build" is built (image is {svc.image})'
+                )
+            if any(v.is_relative for v in svc.volumes) and self.target.root is None:
+                raise _KeyedError(f"{key}.volumes", "relative host paths need target.root")
+            if svc.one_shot and svc.healthcheck is not None:
+                raise _KeyedError(
+                    f"{key}.healthcheck", "a one-shot job runs to completion; it has no health check"
+                )
+            for dep, condition in svc.depends_on.items():
+                dep_key = f"{key}.dependsOn.{dep}"
+                if dep == name:
+                    raise _KeyedError(dep_key, "a service cannot depend on itself")
+                if dep not in self.services:
+                    raise _KeyedError(dep_key, f"no such service (services: {', '.join(self.services)})")
+                target = self.services[dep]
+                if svc.enabled and not target.enabled:
+                    raise _KeyedError(dep_key, f"{dep} is disabled (enabled: false) but {name} needs it")
+                if condition == "completed" and not target.one_shot:
+                    raise _KeyedError(dep_key, f'"completed" needs {dep} to be a oneShot job')
+                if condition == "healthy" and target.healthcheck is None:
+                    raise _KeyedError(dep_key, f'"healthy" needs a healthcheck on {dep}')
+                if target.one_shot and condition != "completed":
+                    raise _KeyedError(dep_key, f'{dep} is a oneShot job: wait for it with "completed"')
+        _check_acyclic({n: list(s.depends_on) for n, s in self.services.items() if n in enabled})
+        if self.profile == "cpu":
+            for name, svc in self.services.items():
+                if svc.gpu.wants_gpu:
+                    raise _KeyedError(
+                        f"services.{name}.gpu", 'profile cpu has no GPU: use gpu: none (or profile "auto")'
+                    )
+        return self
+
+
+class _KeyedError(ValueError):
+    """Raised inside validators when the offending key is not the field being validated."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(problem)
+        self.key = key
+        self.problem = problem
+
+
+def _check_acyclic(graph: Mapping[str, list[str]]) -> None:
+    state: dict[str, int] = {}
+
+    def visit(node: str, path: list[str]) -> None:
+        if state.get(node) == 2:
+            return
+        if state.get(node) == 1:
+            cycle = [*path[path.index(node) :], node]
+            raise _KeyedError(f"services.{node}.dependsOn", f"dependency cycle: {' -> '.join(cycle)}")
+        state[node] = 1
+        for dep in graph.get(node, []):
+            if dep in graph:
+                visit(dep, [*path, node])
+        state[node] = 2
+
+    for node in sorted(graph):
+        visit(node, [])
+
+
+# ---------------------------------------------------------------- resolution
+@dataclass(frozen=True)
+class ResolvedStack:
+    """A validated stack with its GPU profile resolved and checked."""
+
+    project: str
+    stack: str
+    config: StackConfig
+    profile: GpuProfile | None  # None: `auto` on an SSH host, detected there by the preflight
+    requested_profile: str
+    secret_keys: frozenset[str]
+    warnings: tuple[str, ...] = ()
+
+    def start_order(self) -> list[str]:
+        """Enabled services, each after what it depends on (ties in declaration order)."""
+        services = {n: s for n, s in self.config.services.items() if s.enabled}
+        order: list[str] = []
+
+        def place(name: str) -> None:
+            if name in order:
+                return
+            for dep in services[name].depends_on:
+                place(dep)
+            order.append(name)
+
+        for name in services:
+            place(name)
+        return order
+
+
+def resolve_profile(config: StackConfig, detected: str | None) -> tuple[GpuProfile | None, list[str]]:
+    """The stack's profile with its CUDA overrides applied and checked against the card.
+
+    `auto` without a detection (an SSH host) stays None: the host's preflight decides at deploy time,
+    with the same checks (it is given the CUDA override and the MIG requirement)."""
+    warnings: list[str] = []
+    key: str = config.profile
+    if key == "auto":
+        if detected is None:
+            return None, warnings
+        key = detected
+        if key == "cpu":
+            warnings.append("profile auto: no NVIDIA GPU found on the target, falling back to cpu")
+    base = PROFILES[key]
+    cuda = config.cuda
+    try:
+        profile = base.with_overrides(
+            cuda_version=cuda.version if base.is_gpu else None,
+            wheel_flavour=cuda.wheel_index if base.is_gpu else None,
+            torch_version=cuda.torch_version,
+        )
+    except ValueError as err:
+        field = "cuda.wheelIndex" if cuda.wheel_index and "wheel" in str(err) else "cuda.version"
+        raise ConfigError(field, str(err)) from None
+    if cuda.driver is not None:
+        try:
+            profile.check_driver(cuda.driver)
+        except ValueError as err:
+            raise ConfigError("cuda.driver", str(err)) from None
+    mig_users = [n for n, s in config.services.items() if s.gpu.uses_mig]
+    if (cuda.mig or mig_users) and not profile.mig_capable:
+        where = "cuda.mig" if cuda.mig else f"services.{mig_users[0]}.gpu"
+        capable = ", ".join(k for k, p in PROFILES.items() if p.mig_capable)
+        raise ConfigError(where, f"the {profile.display_name} has no MIG; MIG exists only on {capable}")
+    provision = config.provision
+    if provision.driver_branch is not None and profile.is_gpu:
+        try:
+            profile.check_driver(provision.driver_branch)
+        except ValueError as err:
+            raise ConfigError("provision.driverBranch", str(err)) from None
+    if provision.kernel_modules == "open" and profile.kernel_modules == "proprietary":
+        raise ConfigError(
+            "provision.kernelModules",
+            f"the {profile.display_name} ({profile.architecture}) needs the proprietary kernel modules; "
+            "the open modules need Turing or newer",
+        )
+    return profile, warnings
+
+
+def validate(raw: Mapping[str, Any]) -> StackConfig:
+    """Raw `gpu-deploy:` values (keys without the namespace) -> StackConfig, or one ConfigError."""
+    try:
+        return StackConfig.model_validate(dict(raw))
+    except ValidationError as err:
+        raise _to_config_error(err, raw) from None
+
+
+def _to_config_error(err: ValidationError, raw: Mapping[str, Any]) -> ConfigError:
+    first = err.errors(include_url=False)[0]
+    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
+    # Pydantic names union/annotated branches in loc; keep only real keys.
+    loc = [p for p in loc if not re.fullmatch(r"(str|list\[str\]|int|bool|dict\[.*\]|.*-.*\[.*\])", p)]
+    kind = first["type"]
+    ctx = first.get("ctx") or {}
+    given = first.get("input")
+    exc = ctx.get("error")
+    if isinstance(exc, _KeyedError):
+        prefix = ".".join(loc)
+        key = f"{prefix}.{exc.key}" if prefix else exc.key
+        return ConfigError(key, exc.problem)
+    key = ".".join(loc) or "(root)"
+    if kind == "missing":
+        return ConfigError(key, "required")
+    if kind == "extra_forbidden":
+        parent = loc[:-1]
+        allowed = _allowed_keys(parent)
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return ConfigError(key, f"unknown key{hint}")
+    if kind == "literal_error":
+        expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
+        choices = ", ".join(f'"{e}"' for e in expected)
+        return ConfigError(key, f"expected one of {choices}, got {_quote(given)}")
+    if kind == "string_pattern_mismatch":
+        return ConfigError(key, f"expected a value matching {ctx.get('pattern')}, got {_quote(given)}")
+    message = str(first["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("value_error", "assertion_error"):
+        return ConfigError(key, message)
+    return ConfigError(key, f"{message[0].lower()}{message[1:]}, got {_quote(given)}")
+
+
+def _allowed_keys(loc: list[str]) -> list[str]:
+    """The keys a mapping at `loc` accepts, for the 'unknown key' message."""
+    node: Any = StackConfig
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = next((f for n, f in node.model_fields.items() if (f.alias or n) == part), None)
+            if field is None:
+                return []
+            node = field.annotation
+        elif get_origin(node) is dict:
+            node = get_args(node)[1]
+        else:
+            return []
+    node = _unwrap(node)
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return sorted((f.alias or n) for n, f in node.model_fields.items())
+    return []
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Optional[X] / Annotated[X, ...] -> X (the model or dict inside)."""
+    if get_origin(annotation) is Annotated:
+        return _unwrap(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        for arg in get_args(annotation):
+            inner = _unwrap(arg)
+            if (isinstance(inner, type) and issubclass(inner, BaseModel)) or get_origin(inner) is dict:
+                return inner
+    return annotation
+
+
+# ---------------------------------------------------------------- reading Pulumi config
+def read_pulumi_config() -> tuple[dict[str, Any], frozenset[str]]:
+    """The raw `gpu-deploy:` values the engine handed this program, and which keys are secret."""
+    raw: dict[str, Any] = {}
+    secret: set[str] = set()
+    keys = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
+    for full_key in sorted(keys):
+        namespace, _, key = full_key.partition(":")
+        if namespace != NAMESPACE:
+            continue
+        value = runtime_config.get_config(full_key)
+        if isinstance(value, str) and value[:1] in ("{", "["):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                raise ConfigError(key, "is not valid JSON structured config") from None
+        raw[key] = value
+        if runtime_config.is_config_secret(full_key):
+            secret.add(key)
+    return raw, frozenset(secret)
+
+
+def validate_with_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> StackConfig:
+    """Validate, then treat every env value under a secret `services` key as a secret.
+
+    The CLI marks a whole top-level key secret when any value inside it is `secure:`, so the
+    program cannot tell which env value it was: it keeps all of them secret rather than leak one.
+    """
+    config = validate(raw)
+    if "services" not in secret_keys:
+        return config
+    services = {
+        name: svc.model_copy(update={"env": {}, "secret_env": {**svc.env, **svc.secret_env}})
+        for name, svc in config.services.items()
+    }
+    return config.model_copy(update={"services": services})

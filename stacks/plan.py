@@ -1,0 +1,341 @@
+"""The offline plan: the real program run under Pulumi mocks, with no CLI, no network and no host.
+
+It reads `Pulumi.yaml` and `Pulumi.<stack>.yaml` (or `--config-file`) the way the CLI does, hands the
+config to the runtime, runs `__main__.py`, and records every resource registration exactly as the
+engine would receive it: type, name, parent, inputs (camelCase wire names, secrets as "[secret]",
+values not known until deploy time as "[unknown]") and options (dependsOn, protect,
+deleteBeforeReplace, retainOnDelete, provider).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import runpy
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from pulumi.runtime import config as runtime_config
+from pulumi.runtime import mocks, settings
+from pulumi.runtime.stack import run_in_stack
+
+from stacks.config import SECRET_PLACEHOLDER
+
+UNKNOWN_PLACEHOLDER = "[unknown]"
+_SIG = "4dabf18193072939515e22adb298388d"
+_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 - the engine's secret marker
+_RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
+_OUTPUT_SIG = "d0e6a833031e9bbcd3f4e8bde6ca49a4"
+_ASSET_SIG = "c44067f5952c0a294b673a41bacd8c17"
+_ARCHIVE_SIG = "0def7320c3a5731c473e5ecbe6d01bc7"
+_UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+class PlanError(Exception):
+    """The plan could not be made (missing files, a program failure): exit code 1."""
+
+
+@dataclass
+class PlannedResource:
+    urn: str
+    type: str
+    name: str
+    parent: str | None
+    custom: bool
+    inputs: dict[str, Any]
+    options: dict[str, Any]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "urn": self.urn,
+            "type": self.type,
+            "name": self.name,
+            "parent": self.parent,
+            "custom": self.custom,
+            "inputs": self.inputs,
+            "options": self.options,
+        }
+
+
+@dataclass
+class Plan:
+    project: str
+    stack: str
+    resources: list[PlannedResource] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "stack": self.stack,
+            "resources": [r.as_json() for r in self.resources],
+            "outputs": self.outputs,
+        }
+
+    def by_type(self, type_: str) -> list[PlannedResource]:
+        return [r for r in self.resources if r.type == type_]
+
+    def named(self, type_: str, name: str) -> PlannedResource:
+        for resource in self.resources:
+            if resource.type == type_ and resource.name == name:
+                return resource
+        raise KeyError(f"no {type_} named {name}")
+
+
+# ---------------------------------------------------------------- wire values
+def plain(value: Any) -> Any:
+    """A wire value (as the engine receives it) -> JSON, secrets and unknowns replaced."""
+    if isinstance(value, dict):
+        sig = value.get(_SIG)
+        if sig == _SECRET_SIG:
+            return SECRET_PLACEHOLDER
+        if sig == _RESOURCE_SIG:
+            return value.get("urn")
+        if sig == _OUTPUT_SIG:
+            if value.get("secret"):
+                return SECRET_PLACEHOLDER
+            return plain(value["value"]) if "value" in value else UNKNOWN_PLACEHOLDER
+        if sig in (_ASSET_SIG, _ARCHIVE_SIG):
+            return {k: plain(v) for k, v in value.items() if k in ("path", "text", "uri", "hash")}
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if value == _UNKNOWN:
+        return UNKNOWN_PLACEHOLDER
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _struct(message: Any) -> dict[str, Any]:
+    result: dict[str, Any] = json_format.MessageToDict(message) if message is not None else {}
+    return result
+
+
+def _provider_urn(reference: str) -> str | None:
+    return reference.split("::" + reference.rsplit("::", 1)[-1], maxsplit=1)[0] if reference else None
+
+
+class RecordingMonitor(mocks.MockMonitor):
+    """The mock monitor, also keeping each registration's options and the stack's outputs."""
+
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(_PlanMocks())
+        self.plan = plan
+        self.stack_urn = ""
+
+    def RegisterResource(self, request: Any) -> Any:
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        dependencies = set(request.dependencies)
+        for deps in request.propertyDependencies.values():
+            dependencies.update(deps.urns)
+        if request.type == "pulumi:pulumi:Stack":
+            self.stack_urn = response.urn
+        self.plan.resources.append(
+            PlannedResource(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                parent=request.parent or None,
+                custom=bool(request.custom),
+                inputs=plain(_struct(request.object)),
+                options={
+                    "dependsOn": sorted(dependencies),
+                    "protect": bool(request.protect),
+                    "deleteBeforeReplace": bool(request.deleteBeforeReplace),
+                    "retainOnDelete": bool(request.retainOnDelete),
+                    "provider": _provider_urn(request.provider),
+                },
+            )
+        )
+        return response
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:
+        if request.urn == self.stack_urn:
+            self.plan.outputs = plain(_struct(request.outputs))
+        return super().RegisterResourceOutputs(request)  # type: ignore[no-untyped-call]
+
+
+# Outputs only a real deployment knows: they stay unknown in the plan instead of being made up.
+DEPLOY_TIME_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "command:remote:Command": ("stdout", "stderr"),
+    "command:local:Command": ("stdout", "stderr"),
+    "docker:index/container:Container": ("exitCode",),
+}
+
+
+class _PlanMocks(mocks.Mocks):
+    """No cloud: a resource's state is what it was given; nothing else is invented."""
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
+        state = dict(args.inputs)
+        for output in DEPLOY_TIME_OUTPUTS.get(args.typ, ()):
+            state[output] = _UNKNOWN
+        return f"{args.name}-id", state
+
+    def call(self, args: mocks.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+        return {}, None
+
+
+# ---------------------------------------------------------------- config files
+def _secure_to_placeholder(value: Any) -> tuple[Any, bool]:
+    """`{secure: ...}` -> "[secret]" anywhere inside a value; reports whether any was found."""
+    if isinstance(value, dict):
+        if set(value) == {"secure"}:
+            return SECRET_PLACEHOLDER, True
+        found = False
+        result = {}
+        for key, item in value.items():
+            result[key], inner = _secure_to_placeholder(item)
+            found = found or inner
+        return result, found
+    if isinstance(value, list):
+        items = [_secure_to_placeholder(v) for v in value]
+        return [v for v, _ in items], any(s for _, s in items)
+    return value, False
+
+
+def _wire(value: Any) -> str:
+    """How the CLI hands a config value to the program: strings as they are, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return json.dumps(value)
+
+
+def read_stack_config(
+    project_dir: Path, stack: str, config_file: Path | None = None
+) -> tuple[str, dict[str, str], list[str]]:
+    """(project name, config as the CLI passes it, secret keys) from Pulumi.yaml + the stack file."""
+    project_file = project_dir / "Pulumi.yaml"
+    if not project_file.is_file():
+        raise PlanError(f"{project_file} not found")
+    project_doc = yaml.safe_load(project_file.read_text()) or {}
+    project = str(project_doc.get("name", ""))
+    stack_file = config_file or project_dir / f"Pulumi.{stack}.yaml"
+    if not stack_file.is_file():
+        raise PlanError(f"{stack_file} not found (stacks: {', '.join(list_stacks(project_dir))})")
+    stack_doc = yaml.safe_load(stack_file.read_text()) or {}
+    if not isinstance(stack_doc, dict):
+        raise PlanError(f"{stack_file} is not a YAML mapping")
+
+    values: dict[str, Any] = {}
+    for key, spec in (project_doc.get("config") or {}).items():
+        if isinstance(spec, dict) and ("default" in spec or "value" in spec):
+            values[key if ":" in key else f"{project}:{key}"] = spec.get("value", spec.get("default"))
+    for key, value in (stack_doc.get("config") or {}).items():
+        values[key if ":" in key else f"{project}:{key}"] = value
+
+    config: dict[str, str] = {}
+    secret_keys: list[str] = []
+    for key, value in values.items():
+        masked, secret = _secure_to_placeholder(value)
+        config[key] = _wire(masked)
+        if secret:
+            secret_keys.append(key)
+    return project, config, secret_keys
+
+
+def list_stacks(project_dir: Path) -> list[str]:
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
+
+
+# ---------------------------------------------------------------- running the program
+class _Collect(logging.Handler):
+    def __init__(self, plan: Plan) -> None:
+        super().__init__(logging.WARNING)
+        self.plan = plan
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.plan.warnings.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _in_directory(path: Path) -> Iterator[None]:
+    before = Path.cwd()
+    os.chdir(path)
+    added = str(path) not in sys.path
+    if added:
+        sys.path.insert(0, str(path))
+    try:
+        yield
+    finally:
+        os.chdir(before)
+        if added:
+            sys.path.remove(str(path))
+
+
+def configure_runtime(
+    project: str, stack: str, config: dict[str, str], secret_keys: list[str], plan: Plan, *, preview: bool
+) -> None:
+    """A fresh mocked runtime for one run: settings, config, no root stack yet."""
+    logger = logging.getLogger(f"gpu-deploy.plan.{id(plan)}")
+    logger.propagate = False
+    logger.handlers = [_Collect(plan)]
+    monitor = RecordingMonitor(plan)
+    features = monitor.GetDeploymentInfo(None).supportedFeatures  # type: ignore[no-untyped-call]
+    settings.configure(
+        mocks.MockSettings(  # type: ignore[no-untyped-call]
+            monitor=monitor,
+            monitor_features=set(features),
+            engine=mocks.MockEngine(logger),
+            project=project,
+            stack=stack,
+            dry_run=preview,
+            organization="organization",
+            callbacks=None,
+        )
+    )
+    settings.set_root_resource(None)  # type: ignore[arg-type]
+    runtime_config.set_all_config(config, secret_keys)
+
+
+def prepare(
+    stack: str, *, project_dir: Path = PROJECT_DIR, config_file: Path | None = None, preview: bool = False
+) -> Plan:
+    """Set up the mocked runtime for `stack` and return the (empty) plan it will fill."""
+    project, config, secret_keys = read_stack_config(project_dir, stack, config_file)
+    plan = Plan(project=project, stack=stack)
+    configure_runtime(project, stack, config, secret_keys, plan, preview=preview)
+    return plan
+
+
+def execute(plan: Plan, *, project_dir: Path = PROJECT_DIR) -> Plan:
+    """Run __main__.py in the prepared runtime; the plan fills as the program registers resources."""
+    program = project_dir / "__main__.py"
+
+    def run_program() -> None:
+        runpy.run_path(str(program), run_name="__main__")
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        with _in_directory(project_dir):
+            loop.run_until_complete(run_in_stack(run_program))
+    finally:
+        loop.close()
+        asyncio.set_event_loop(None)
+    return plan
+
+
+def make_plan(
+    stack: str, *, project_dir: Path = PROJECT_DIR, config_file: Path | None = None, preview: bool = False
+) -> Plan:
+    return execute(
+        prepare(stack, project_dir=project_dir, config_file=config_file, preview=preview),
+        project_dir=project_dir,
+    )

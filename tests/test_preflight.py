@@ -1,0 +1,509 @@
+"""The GPU preflight against fake NVML hosts: the real CLI in subprocesses, main() in-process, the bundle."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from components import preflight
+from components.preflight import ExitCode, GpuFacts, HostFacts, MigMode, check, inspect_host
+from components.profiles import PROFILES
+
+REPO = Path(__file__).resolve().parents[1]
+FAKE_NVML = REPO / "tests" / "fake_nvml"
+NO_DRIVER = "no NVIDIA driver: NVML library not found (install the driver, or use profile cpu)"
+
+# What each card reports through NVML (names and totals as nvidia-smi shows them).
+P40 = {"name": "Tesla P40", "memory_mib": 22919, "cc": [6, 1], "mig": None}
+A2 = {"name": "NVIDIA A2", "memory_mib": 15356, "cc": [8, 6], "mig": None}
+A4000 = {"name": "NVIDIA RTX A4000", "memory_mib": 16376, "cc": [8, 6], "mig": None}
+H100_SXM = {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "cc": [9, 0], "mig": [0, 0]}
+H100_PCIE = {"name": "NVIDIA H100 PCIe", "memory_mib": 81559, "cc": [9, 0], "mig": [1, 1]}
+
+CARDS = [
+    pytest.param("p40", P40, id="p40"),
+    pytest.param("a2", A2, id="a2"),
+    pytest.param("a4000", A4000, id="a4000"),
+    pytest.param("h100", H100_SXM, id="h100-sxm-mig-off"),
+    pytest.param("h100", H100_PCIE, id="h100-pcie-mig-on"),
+]
+
+
+def host(*gpus: dict[str, Any], driver: str = "580.65.06", cuda: int = 13000, **extra: Any) -> dict[str, Any]:
+    listed = [
+        {**gpu, "uuid": f"GPU-{index:08d}-aaaa-bbbb-cccc-{index:012d}"} for index, gpu in enumerate(gpus)
+    ]
+    return {"driver": driver, "cuda": cuda, "gpus": listed, **extra}
+
+
+def cli(
+    *args: str, machine: dict[str, Any] | None, cwd: Path = REPO, pythonpath: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("FAKE_NVML_JSON", "PYTHONPATH")}
+    if machine is not None:
+        env["FAKE_NVML_JSON"] = json.dumps(machine)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    command = [sys.executable, *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def repo_cli(*args: str, machine: dict[str, Any] | None) -> subprocess.CompletedProcess[str]:
+    """`python -m components.preflight ...` with the fake pynvml first on PYTHONPATH."""
+    return cli(
+        "-m", "components.preflight", *args, machine=machine, pythonpath=f"{FAKE_NVML}{os.pathsep}{REPO}"
+    )
+
+
+def one_error_line(stderr: str) -> str:
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+@pytest.fixture
+def fake_nvml(monkeypatch: pytest.MonkeyPatch):
+    """Put a fresh fake pynvml in sys.modules; returns a function that describes the host."""
+    spec = importlib.util.spec_from_file_location("pynvml", FAKE_NVML / "pynvml.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    monkeypatch.delenv("FAKE_NVML_JSON", raising=False)
+
+    def describe(machine: dict[str, Any] | None) -> Any:
+        if machine is None:
+            monkeypatch.delenv("FAKE_NVML_JSON", raising=False)
+        else:
+            monkeypatch.setenv("FAKE_NVML_JSON", json.dumps(machine))
+        return module
+
+    return describe
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = preflight.main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- the real CLI in a subprocess --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("key", "card"), CARDS)
+def test_each_card_passes_its_profile_json(key: str, card: dict[str, Any]) -> None:
+    result = repo_cli("--profile", key, "--json", machine=host(card, card))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    report = json.loads(result.stdout)
+    assert report["ok"] is True
+    assert report["profile"] == key
+    assert report["driver"] == "580.65.06"
+    assert report["cuda_driver"] == "13.0"
+    assert report["problems"] == []
+    cc = f"{card['cc'][0]}.{card['cc'][1]}"
+    mig = None if card["mig"] is None else {"current": bool(card["mig"][0]), "pending": bool(card["mig"][1])}
+    assert report["gpus"] == [
+        {
+            "index": index,
+            "name": card["name"],
+            "uuid": f"GPU-{index:08d}-aaaa-bbbb-cccc-{index:012d}",
+            "memory_mib": card["memory_mib"],
+            "compute_capability": cc,
+            "mig": mig,
+        }
+        for index in (0, 1)
+    ]
+
+
+@pytest.mark.parametrize(("key", "card"), CARDS)
+def test_each_card_passes_its_profile_human(key: str, card: dict[str, Any]) -> None:
+    result = repo_cli("--profile", key, machine=host(card, cuda=12080))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "driver 580.65.06, CUDA 12.8 (driver API)"
+    assert lines[1].startswith(f"GPU 0: {card['name']} (GPU-")
+    assert f"memory {card['memory_mib']} MiB" in lines[2]
+    assert lines[-1].startswith(f"OK: 1 x {card['name']} fit profile {key}; driver 580.65.06 >= ")
+
+
+@pytest.mark.parametrize(("key", "card"), CARDS)
+def test_auto_detects_each_card(key: str, card: dict[str, Any]) -> None:
+    result = repo_cli("--profile", "auto", machine=host(card))
+    assert result.returncode == 0, result.stderr
+    assert f"profile: {key}" in result.stdout.splitlines()
+    assert json.loads(repo_cli("--profile", "auto", "--json", machine=host(card)).stdout)["profile"] == key
+
+
+def test_wrong_card_for_the_profile_fails() -> None:
+    result = repo_cli("--profile", "p40", machine=host(A4000))
+    assert result.returncode == 5
+    line = one_error_line(result.stderr)
+    assert line.startswith("FAIL (exit 5): GPU 0 is a 'NVIDIA RTX A4000', not a Tesla P40")
+    assert "GPU 0: NVIDIA RTX A4000" in result.stdout  # the report still shows what is there
+
+
+def test_json_is_printed_on_failure_too() -> None:
+    result = repo_cli("--profile", "p40", "--json", machine=host(A4000, driver="525.60.13"))
+    assert result.returncode == ExitCode.GPU_MISMATCH  # the lowest code wins
+    report = json.loads(result.stdout)  # exactly one object: loads() rejects trailing text
+    assert report["ok"] is False
+    assert report["profile"] == "p40"
+    assert len(report["problems"]) == 2
+    assert report["problems"][1].startswith("driver 525.60.13 is below 550.54.14 (for CUDA 12.4")
+    one_error_line(result.stderr)
+
+
+def test_old_driver_fails() -> None:
+    result = repo_cli("--profile", "h100", machine=host(H100_SXM, driver="525.60.13", cuda=12000))
+    assert result.returncode == 6
+    assert one_error_line(result.stderr) == (
+        "FAIL (exit 6): driver 525.60.13 is below 570.26 (for CUDA 12.8 with cu128 wheels, profile h100); "
+        "install the 580 branch"
+    )
+
+
+def test_missing_nvml_library() -> None:
+    result = repo_cli("--profile", "h100", machine=None)
+    assert result.returncode == 3
+    assert one_error_line(result.stderr) == f"FAIL (exit 3): {NO_DRIVER}"
+    assert result.stdout == ""
+
+
+def test_missing_nvml_library_json() -> None:
+    result = repo_cli("--profile", "a2", "--json", machine={"library": "missing"})
+    assert result.returncode == ExitCode.NO_DRIVER
+    assert json.loads(result.stdout) == {
+        "ok": False,
+        "profile": "a2",
+        "driver": None,
+        "cuda_driver": None,
+        "gpus": [],
+        "problems": [NO_DRIVER],
+    }
+    one_error_line(result.stderr)
+
+
+def test_no_gpu_found() -> None:
+    result = repo_cli("--profile", "a4000", machine=host())
+    assert result.returncode == 4
+    assert "no GPU found" in one_error_line(result.stderr)
+
+
+def test_mig_required_but_off() -> None:
+    result = repo_cli("--profile", "h100", "--require-mig", machine=host(H100_SXM))
+    assert result.returncode == 7
+    assert "MIG required but off on GPU 0" in one_error_line(result.stderr)
+
+
+def test_mig_required_on_a_card_without_mig() -> None:
+    result = repo_cli("--profile", "a2", "--require-mig", machine=host(A2))
+    assert result.returncode == ExitCode.MIG
+    assert one_error_line(result.stderr) == "FAIL (exit 7): MIG required but a NVIDIA A2 has no MIG"
+
+
+def test_auto_without_a_driver_resolves_to_cpu() -> None:
+    result = repo_cli("--profile", "auto", "--json", machine=None)
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["profile"] == "cpu"
+    assert one_error_line(result.stderr) == f"warning: --profile auto resolves to cpu: {NO_DRIVER}"
+
+
+def test_auto_with_mixed_models_fails() -> None:
+    result = repo_cli("--profile", "auto", "--json", machine=host(A4000, P40))
+    assert result.returncode == ExitCode.GPU_MISMATCH
+    report = json.loads(result.stdout)
+    assert report["profile"] == "a4000"  # from GPU 0
+    assert any("mixed GPU models (NVIDIA RTX A4000, Tesla P40)" in p for p in report["problems"])
+    one_error_line(result.stderr)
+
+
+def test_exit_codes_are_distinct_and_documented() -> None:
+    assert {code.name: int(code) for code in ExitCode} == {
+        "OK": 0,
+        "INTERNAL": 1,
+        "USAGE": 2,
+        "NO_DRIVER": 3,
+        "NO_GPU": 4,
+        "GPU_MISMATCH": 5,
+        "DRIVER_TOO_OLD": 6,
+        "MIG": 7,
+        "NVML_ERROR": 8,
+    }
+    documented = re.findall(r"^(\d)  ", preflight.__doc__ or "", flags=re.MULTILINE)
+    assert documented == [str(int(code)) for code in ExitCode]
+
+
+# --- main() in-process ---------------------------------------------------------------------------------
+
+
+def test_bytes_names_are_decoded(fake_nvml, capsys) -> None:
+    fake_nvml(host(P40, bytes_names=True, driver="550.163.01", cuda=12040))
+    code, out, _ = run_main(capsys, "--profile", "p40", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["driver"] == "550.163.01"
+    assert report["cuda_driver"] == "12.4"
+    assert report["gpus"][0]["name"] == "Tesla P40"
+    assert report["gpus"][0]["uuid"].startswith("GPU-")
+
+
+def test_inspect_host_reads_every_field(fake_nvml) -> None:
+    nvml = fake_nvml(host(H100_PCIE, H100_PCIE, cuda=12080))
+    facts = inspect_host(nvml)
+    assert facts.driver == "580.65.06"
+    assert facts.cuda_driver == "12.8"
+    assert facts.nvml_failure is None
+    assert [gpu.index for gpu in facts.gpus] == [0, 1]
+    assert facts.gpus[1] == GpuFacts(
+        index=1,
+        name="NVIDIA H100 PCIe",
+        uuid="GPU-00000001-aaaa-bbbb-cccc-000000000001",
+        memory_mib=81559,
+        compute_capability=(9, 0),
+        mig=MigMode(current=True, pending=True),
+    )
+    # nvmlShutdown ran: the fake is uninitialised again
+    with pytest.raises(nvml.NVMLError_Uninitialized):
+        nvml.nvmlDeviceGetCount()
+
+
+def test_inspect_host_shuts_down_after_a_failed_query(fake_nvml) -> None:
+    nvml = fake_nvml(host(P40))
+    nvml.nvmlDeviceGetUUID = lambda handle: (_ for _ in ()).throw(nvml.NVMLError(999))
+    facts = inspect_host(nvml)
+    assert facts.nvml_failure is not None
+    assert facts.nvml_failure.code == ExitCode.NVML_ERROR
+    assert facts.nvml_failure.message == "NVML query failed for GPU 0: NVML Error with code 999"
+    with pytest.raises(nvml.NVMLError_Uninitialized):
+        nvml.nvmlDeviceGetCount()
+
+
+def test_driver_not_loaded(fake_nvml, capsys) -> None:
+    fake_nvml({"driver_loaded": False})
+    code, out, err = run_main(capsys, "--profile", "a2")
+    assert code == ExitCode.NO_DRIVER
+    assert out == ""
+    assert one_error_line(err).startswith("FAIL (exit 3): no NVIDIA driver: driver not loaded")
+
+
+def test_missing_pynvml_module(monkeypatch, capsys) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # makes `import pynvml` raise ImportError
+    code, _, err = run_main(capsys, "--profile", "h100")
+    assert code == ExitCode.NO_DRIVER
+    assert "the pynvml module is missing" in one_error_line(err)
+    code, _, err = run_main(capsys, "--profile", "auto")
+    assert code == 0
+    assert err.startswith("warning: --profile auto resolves to cpu")
+
+
+def test_auto_with_no_gpus_resolves_to_cpu(fake_nvml, capsys) -> None:
+    fake_nvml(host())
+    code, out, err = run_main(capsys, "--profile", "auto")
+    assert code == 0
+    assert out.splitlines()[-2:] == ["profile: cpu", "OK: profile cpu (no GPU required)"]
+    assert err == "warning: --profile auto resolves to cpu: NVML finds no GPU\n"
+
+
+def test_auto_with_an_unknown_card(fake_nvml, capsys) -> None:
+    fake_nvml(host({"name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "cc": [8, 0], "mig": [0, 0]}))
+    code, out, err = run_main(capsys, "--profile", "auto", "--json")
+    assert code == ExitCode.GPU_MISMATCH
+    report = json.loads(out)
+    assert report["profile"] is None
+    assert report["problems"][0].startswith("GPU 0 is a 'NVIDIA A100-SXM4-80GB', not in the profile catalog")
+    one_error_line(err)
+
+
+def test_auto_with_two_h100_variants_is_mixed(fake_nvml, capsys) -> None:
+    fake_nvml(host(H100_SXM, H100_PCIE))
+    code, _, err = run_main(capsys, "--profile", "auto")
+    assert code == ExitCode.GPU_MISMATCH
+    assert "mixed GPU models" in one_error_line(err)
+    code, _, _ = run_main(capsys, "--profile", "h100")  # an explicit profile accepts both
+    assert code == 0
+
+
+def test_auto_with_several_gpus_of_one_model(fake_nvml, capsys) -> None:
+    fake_nvml(host(A2, A2, A2, A2))
+    code, out, err = run_main(capsys, "--profile", "auto")
+    assert code == 0
+    assert err == ""
+    assert out.splitlines()[-1].startswith("OK: 4 x NVIDIA A2 fit profile a2")
+
+
+def test_cpu_profile_passes_and_reports_what_is_there(fake_nvml, capsys) -> None:
+    fake_nvml(None)
+    assert run_main(capsys, "--profile", "cpu") == (0, "OK: profile cpu (no GPU required)\n", "")
+    fake_nvml(host(P40, driver="470.256.02"))
+    code, out, err = run_main(capsys, "--profile", "cpu", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert report["profile"] == "cpu"
+    assert report["gpus"][0]["name"] == "Tesla P40"
+
+
+def test_cpu_profile_cannot_satisfy_require_mig(fake_nvml, capsys) -> None:
+    fake_nvml(None)
+    code, _, err = run_main(capsys, "--profile", "auto", "--require-mig")
+    assert code == ExitCode.MIG
+    assert one_error_line(err) == "FAIL (exit 7): MIG required but the cpu profile has no GPU"
+
+
+def test_mig_pending_a_reset(fake_nvml, capsys) -> None:
+    fake_nvml(host({**H100_SXM, "mig": [0, 1]}))
+    code, out, err = run_main(capsys, "--profile", "h100", "--require-mig")
+    assert code == ExitCode.MIG
+    assert "MIG off (pending on)" in out
+    assert "pending a GPU reset (nvidia-smi -i 0 -r)" in one_error_line(err)
+
+
+def test_mig_required_and_on(fake_nvml, capsys) -> None:
+    fake_nvml(host(H100_PCIE, H100_PCIE))
+    code, out, _ = run_main(capsys, "--profile", "auto", "--require-mig")
+    assert code == 0
+    assert "MIG on" in out
+
+
+def test_min_driver_override(fake_nvml, capsys) -> None:
+    fake_nvml(host(H100_SXM, driver="560.35.03"))
+    assert run_main(capsys, "--profile", "h100")[0] == ExitCode.DRIVER_TOO_OLD
+    code, out, _ = run_main(capsys, "--profile", "h100", "--min-driver", "550.54.14")
+    assert code == 0
+    assert out.splitlines()[-1].endswith("driver 560.35.03 >= 550.54.14")
+    code, _, err = run_main(capsys, "--profile", "h100", "--min-driver", "580")  # a branch works too
+    assert code == ExitCode.DRIVER_TOO_OLD
+    assert "(set by --min-driver)" in err
+
+
+def test_cuda_version_override_sets_the_minimum(fake_nvml, capsys) -> None:
+    fake_nvml(host(H100_SXM, driver="575.57.08"))
+    assert run_main(capsys, "--profile", "h100")[0] == 0  # default CUDA 12.8: 570.26 is enough
+    code, _, err = run_main(capsys, "--profile", "h100", "--cuda-version", "13.0.1")
+    assert code == ExitCode.DRIVER_TOO_OLD
+    assert "below 580.65.06 (for CUDA 13.0 with cu128 wheels" in err
+
+
+def test_cuda_version_the_card_cannot_run(fake_nvml, capsys) -> None:
+    fake_nvml(host(P40))
+    code, out, err = run_main(capsys, "--profile", "auto", "--cuda-version", "13.0.1", "--json")
+    assert code == ExitCode.USAGE
+    assert json.loads(out)["profile"] is None
+    assert "cannot run CUDA 13.0" in one_error_line(err)
+
+
+@pytest.mark.parametrize("args", [["--profile", "v100"], ["--profile", "h100", "--min-driver", "latest"]])
+def test_bad_arguments_exit_2(fake_nvml, capsys, args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        preflight.main(args)
+    assert exited.value.code == ExitCode.USAGE
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_an_unexpected_error_is_one_line(fake_nvml, capsys, monkeypatch) -> None:
+    fake_nvml(host(P40))
+
+    def explode(nvml: Any) -> HostFacts:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(preflight, "inspect_host", explode)
+    code, _, err = run_main(capsys, "--profile", "p40")
+    assert code == ExitCode.INTERNAL
+    assert one_error_line(err) == "FAIL (exit 1): preflight crashed: KeyError('boom')"
+
+
+# --- check() on its own ----------------------------------------------------------------------------------
+
+
+def gpu(name: str, memory_mib: int, cc: tuple[int, int], index: int = 0) -> GpuFacts:
+    return GpuFacts(index, name, f"GPU-{index}", memory_mib, cc, None)
+
+
+@pytest.mark.parametrize(
+    ("memory_mib", "fits"),
+    [(22919, True), (24576, True), (20628, True), (20627, False), (25210, True), (25211, False)],
+)
+def test_memory_within_ten_percent(memory_mib: int, fits: bool) -> None:
+    facts = HostFacts(driver="580.65.06", gpus=(gpu("Tesla P40", memory_mib, (6, 1)),))
+    problems = check(facts, PROFILES["p40"])
+    assert (problems == []) is fits
+    if not fits:
+        assert problems[0].message == f"GPU 0 has {memory_mib} MiB, profile p40 expects 22919 MiB +-10%"
+
+
+def test_compute_capability_must_match() -> None:
+    facts = HostFacts(driver="580.65.06", gpus=(gpu("NVIDIA A2", 15356, (8, 0)),))
+    [problem] = check(facts, PROFILES["a2"])
+    assert problem.code == ExitCode.GPU_MISMATCH
+    assert problem.message == "GPU 0 reports compute capability 8.0, profile a2 expects 8.6"
+
+
+def test_cuda_driver_text() -> None:
+    assert preflight.cuda_driver_text(12080) == "12.8"
+    assert preflight.cuda_driver_text(13000) == "13.0"
+    assert preflight.cuda_driver_text(11040) == "11.4"
+
+
+# --- the standalone bundle --------------------------------------------------------------------------------
+
+
+def test_bundle_holds_the_three_files() -> None:
+    files = preflight.bundle()
+    assert set(files) == {"preflight.py", "profiles.py", "pynvml.py"}
+    assert files["preflight.py"] == (REPO / "components" / "preflight.py").read_text()
+    assert files["profiles.py"] == (REPO / "components" / "profiles.py").read_text()
+    spec = importlib.util.find_spec("pynvml")
+    assert spec is not None
+    assert spec.origin is not None
+    assert files["pynvml.py"] == Path(spec.origin).read_text()
+    assert "def nvmlInit" in files["pynvml.py"]
+
+
+def write_bundle(folder: Path, fake: bool) -> None:
+    for name, text in preflight.bundle().items():
+        (folder / name).write_text(text)
+    if fake:
+        (folder / "pynvml.py").write_text((FAKE_NVML / "pynvml.py").read_text())
+
+
+@pytest.mark.parametrize(("key", "card"), CARDS)
+def test_bundle_runs_standalone(tmp_path: Path, key: str, card: dict[str, Any]) -> None:
+    write_bundle(tmp_path, fake=True)
+    # -S: no site-packages, so neither the installed pynvml nor the repo can leak in.
+    result = cli("-S", "preflight.py", "--profile", key, "--json", machine=host(card), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["profile"], report["gpus"][0]["name"]) == (True, key, card["name"])
+    result = cli("-S", "preflight.py", "--profile", "p40", machine=host(A2), cwd=tmp_path)
+    assert result.returncode == ExitCode.GPU_MISMATCH
+    assert "Traceback" not in result.stderr
+
+
+def _nvml_loadable() -> bool:
+    try:
+        ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(_nvml_loadable(), reason="this machine has an NVIDIA driver")
+def test_bundle_with_the_real_bindings_and_no_driver(tmp_path: Path) -> None:
+    write_bundle(tmp_path, fake=False)
+    result = cli("-S", "preflight.py", "--profile", "h100", cwd=tmp_path, machine=None)
+    assert result.returncode == ExitCode.NO_DRIVER
+    assert one_error_line(result.stderr) == f"FAIL (exit 3): {NO_DRIVER}"
+    result = cli("-S", "preflight.py", "--profile", "auto", "--json", cwd=tmp_path, machine=None)
+    assert result.returncode == 0
+    assert json.loads(result.stdout)["profile"] == "cpu"
