@@ -21,6 +21,8 @@ from pathlib import Path
 import pulumi
 import pulumi_docker as docker
 
+from components.options import child_options
+
 HASH_LENGTH = 12
 
 
@@ -132,16 +134,10 @@ class CudaImage(pulumi.ComponentResource):
                 f"{name}-pinned",
                 name=image_name,
                 keep_locally=True,
-                opts=pulumi.ResourceOptions(parent=self),
+                opts=child_options(self, opts),
             )
             self.ref = existing.name
         else:
-            if not Path(recipe.context).is_dir():
-                pulumi.log.warn(
-                    f"image context {recipe.context} is not here: the tag is derived from the Dockerfile "
-                    "path, stage and build args only, and `pulumi up` needs the source checked out there",
-                    resource=self,
-                )
             built = docker.Image(
                 f"{name}-build",
                 image_name=image_name,
@@ -160,7 +156,7 @@ class CudaImage(pulumi.ComponentResource):
                 )
                 if registry
                 else None,
-                opts=pulumi.ResourceOptions(parent=self, retain_on_delete=True),
+                opts=child_options(self, opts, retain_on_delete=True),
             )
             self.ref = built.image_name
         self.register_outputs({"ref": self.ref, "tag": self.tag})

@@ -17,6 +17,7 @@ import pulumi_command as command
 import pulumi_docker as docker
 
 from components import host_scripts
+from components.options import child_options
 
 LOCAL_SOCKET = "unix:///var/run/docker.sock"
 
@@ -47,7 +48,7 @@ class DockerHost(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpu-deploy:docker:DockerHost", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
 
         if ssh is None:
             self.provider = docker.Provider(f"{name}-docker", host=LOCAL_SOCKET, opts=child)
@@ -77,7 +78,7 @@ class DockerHost(pulumi.ComponentResource):
                     "-o",
                     "BatchMode=yes",
                 ],
-                opts=pulumi.ResourceOptions(parent=self, depends_on=[pin]),
+                opts=child_options(self, opts, after=[pin]),
             )
 
         self.network = docker.Network(

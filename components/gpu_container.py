@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_docker as docker
 
+from components.options import child_options
 from components.specs import NO_GPU, GpuRequest, PortMapping, UserSpec
 
 LOG_OPTIONS = {"max-size": "10m", "max-file": "3"}
@@ -63,7 +64,7 @@ class GpuContainerArgs:
     healthcheck: HealthcheckSpec | None = None
     restart: str = "unless-stopped"
     one_shot: bool = False
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     must_succeed: Sequence[pulumi.Output[int]] = ()  # exit codes of jobs this one waits for
 
 
@@ -170,7 +171,7 @@ class GpuContainer(pulumi.ComponentResource):
             log_driver="json-file",
             log_opts=LOG_OPTIONS,
             labels=label_args,
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True),
+            opts=child_options(self, opts, delete_before_replace=True),
         )
         self.exit_code = self.container.exit_code
         self.register_outputs({"name": self.container.name, "image": args.image})

@@ -25,6 +25,7 @@ import pulumi
 import pulumi_command as command
 
 from components import host_scripts
+from components.options import child_options
 
 Action = Literal["install", "verify", "skip"]
 PREFLIGHT_DIR = "/var/tmp/gpu-deploy-preflight"  # noqa: S108 - a fixed, documented place on the host
@@ -91,6 +92,7 @@ class GpuHost(pulumi.ComponentResource):
         super().__init__("gpu-deploy:host:GpuHost", name, None, opts)
         self._name = name
         self._connection = connection
+        self._opts = opts
         previous: list[pulumi.Resource] = []
 
         if provisioning.driver != "skip":
@@ -157,7 +159,7 @@ class GpuHost(pulumi.ComponentResource):
             connection=self._connection,
             source=preflight_bundle(),
             remote_path=PREFLIGHT_DIR,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=after),
+            opts=child_options(self, self._opts, after=after),
         )
         run = " ".join(["python3", f"{PREFLIGHT_DIR}/preflight.py", *request.arguments()])
         return self._command("preflight", run, None, [copy], triggers=[copy.id])
@@ -170,7 +172,7 @@ class GpuHost(pulumi.ComponentResource):
         after: list[pulumi.Resource],
         triggers: list[Any] | None = None,
     ) -> command.local.Command | command.remote.Command:
-        opts = pulumi.ResourceOptions(parent=self, depends_on=after)
+        opts = child_options(self, self._opts, after=after)
         if self._connection is None:
             return command.local.Command(
                 f"{self._name}-{step}", create=create, stdin=stdin, triggers=triggers, opts=opts

@@ -13,6 +13,7 @@ import pulumi
 import pulumi_command as command
 
 from components import host_scripts
+from components.options import child_options
 from components.specs import UserSpec
 
 
@@ -30,7 +31,7 @@ class HostDirectories(pulumi.ComponentResource):
         env = {"DIRS": "\n".join(sorted(set(paths))), "OWNER": str(owner), "MODE": "0750"}
         create = host_scripts.command_line(env)
         script = host_scripts.script("prepare-dirs")
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         prepared: command.local.Command | command.remote.Command
         if connection is None:
             prepared = command.local.Command(f"{name}-prepare", create=create, stdin=script, opts=child)

@@ -8,6 +8,7 @@ Validation finishes before any resource is registered.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from collections.abc import Mapping
@@ -42,14 +43,23 @@ class ConfigError(Exception):
     def __init__(self, key: str, problem: str) -> None:
         self.key = key
         self.problem = problem
-        super().__init__(f"{NAMESPACE}:{key}: {problem}")
+        super().__init__(f"{NAMESPACE}:{_one_line(key)}: {_one_line(problem)}")
+
+
+def _one_line(text: str) -> str:
+    """Escape line breaks and other unprintable characters (a YAML key may hold them)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 def _quote(value: Any) -> str:
     try:
         return json.dumps(value)
     except (TypeError, ValueError):
+        pass
+    try:
         return repr(value)
+    except ValueError:  # an int beyond sys.get_int_max_str_digits()
+        return "a number too large to show"
 
 
 # ---------------------------------------------------------------- value parsers
@@ -66,6 +76,8 @@ def parse_size_mib(value: Any) -> int:
     if not match:
         raise ValueError(f'expected a size such as "4g" or "512m", got {_quote(value)}')
     number, unit = float(match.group(1)), (match.group(2) or "m").lower()
+    if not math.isfinite(number * _SIZE_FACTORS_MIB[unit]):
+        raise ValueError(f"too large, got {_quote(value)}")
     mib = int(number * _SIZE_FACTORS_MIB[unit])
     if mib < 4:
         raise ValueError(f"expected at least 4m, got {_quote(value)}")
@@ -87,7 +99,7 @@ def parse_duration_s(value: Any) -> int:
     return hours * 3600 + minutes * 60 + seconds
 
 
-_DEVICE_ID = re.compile(r"^(\d+|\d+:\d+|GPU-[0-9a-fA-F-]{8,}|MIG-[0-9a-zA-Z/-]{8,})$")
+_DEVICE_ID = re.compile(r"^(\d+|\d+:\d+|GPU-[0-9a-fA-F-]{8,}|MIG-[0-9a-zA-Z/-]{8,})\Z")
 
 
 def parse_gpu(value: Any) -> GpuRequest:
@@ -100,7 +112,7 @@ def parse_gpu(value: Any) -> GpuRequest:
         return GpuRequest("all")
     if isinstance(value, bool):
         raise ValueError(problem)
-    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+    if isinstance(value, int) or (isinstance(value, str) and value.isascii() and value.isdigit()):
         count = int(value)
         if count < 1:
             raise ValueError(problem)
@@ -174,7 +186,7 @@ def parse_user(value: Any) -> UserSpec:
 
 _IMAGE_REF = re.compile(
     r"^(?P<name>[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?(?:@(?P<digest>sha256:[0-9a-f]{64}))?\Z"
 )
 
 
@@ -445,10 +457,10 @@ class StackConfig(Model):
                     raise _KeyedError(dep_key, f"{dep} is disabled (enabled: false) but {name} needs it")
                 if condition == "completed" and not target.one_shot:
                     raise _KeyedError(dep_key, f'"completed" needs {dep} to be a oneShot job')
-                if condition == "healthy" and target.healthcheck is None:
-                    raise _KeyedError(dep_key, f'"healthy" needs a healthcheck on {dep}')
                 if target.one_shot and condition != "completed":
                     raise _KeyedError(dep_key, f'{dep} is a oneShot job: wait for it with "completed"')
+                if condition == "healthy" and target.healthcheck is None:
+                    raise _KeyedError(dep_key, f'"healthy" needs a healthcheck on {dep}')
         _check_acyclic({n: list(s.depends_on) for n, s in self.services.items() if n in enabled})
         if self.profile == "cpu":
             for name, svc in self.services.items():
@@ -568,6 +580,8 @@ def resolve_profile(config: StackConfig, detected: str | None) -> tuple[GpuProfi
 
 def validate(raw: Mapping[str, Any]) -> StackConfig:
     """Raw `gpu-deploy:` values (keys without the namespace) -> StackConfig, or one ConfigError."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("(root)", f"expected a mapping of gpu-deploy keys, got {_quote(raw)}")
     try:
         return StackConfig.model_validate(dict(raw))
     except ValidationError as err:
@@ -576,9 +590,7 @@ def validate(raw: Mapping[str, Any]) -> StackConfig:
 
 def _to_config_error(err: ValidationError, raw: Mapping[str, Any]) -> ConfigError:
     first = err.errors(include_url=False)[0]
-    loc = [str(p) for p in first["loc"] if not str(p).startswith("function-")]
-    # Pydantic names union/annotated branches in loc; keep only real keys.
-    loc = [p for p in loc if not re.fullmatch(r"(str|list\[str\]|int|bool|dict\[.*\]|.*-.*\[.*\])", p)]
+    loc = _real_keys(first["loc"], raw)
     kind = first["type"]
     ctx = first.get("ctx") or {}
     given = first.get("input")
@@ -605,6 +617,29 @@ def _to_config_error(err: ValidationError, raw: Mapping[str, Any]) -> ConfigErro
     if kind in ("value_error", "assertion_error"):
         return ConfigError(key, message)
     return ConfigError(key, f"{message[0].lower()}{message[1:]}, got {_quote(given)}")
+
+
+_BRANCH_TAG = re.compile(r"function-.*|str|list\[str\]|int|bool|dict\[.*\]|.*-.*\[.*\]")
+
+
+def _real_keys(loc: tuple[int | str, ...], raw: Any) -> list[str]:
+    """Pydantic's error location without the union/validator branch tags it adds.
+
+    A tag is dropped only where the input has no such key, so a service or variable named
+    e.g. "str" or "int" keeps its name; "[key]" (the key itself is invalid) is dropped too."""
+    keys: list[str] = []
+    node: Any = raw
+    for part in loc:
+        in_mapping = isinstance(node, Mapping) and part in node
+        in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        if in_mapping or in_list:
+            node = node[part]
+        elif part == "[key]" or (isinstance(part, str) and _BRANCH_TAG.fullmatch(part)):
+            continue
+        else:
+            node = None
+        keys.append(str(part))
+    return keys
 
 
 def _allowed_keys(loc: list[str]) -> list[str]:

@@ -9,6 +9,7 @@ directories behind its bind mounts.
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import pulumi
 import pulumi_command as command
@@ -126,6 +127,12 @@ def build_images(
         return {}
     main = BuildRecipe(image.context, image.dockerfile, image.target)
     recipes = {name: recipe_for(svc, image) for name, svc in builders.items()}
+    for context in sorted({r.context for r in recipes.values()}):
+        if not Path(context).is_dir():
+            pulumi.log.warn(
+                f"image context {context} is not here: the release tag is derived from the Dockerfile paths, "
+                "stages and build args only, and `pulumi up` needs the source checked out there"
+            )
     build_args = pulumi.Output.from_input(profile_key).apply(
         lambda key: {**detected_profile(stack, key).build_args(image.app_uid), **image.build_args}
     )
@@ -239,7 +246,12 @@ def deploy(stack: ResolvedStack) -> None:
             healthcheck=healthcheck_spec(svc.healthcheck) if svc.healthcheck else None,
             restart=svc.effective_restart,
             one_shot=svc.one_shot,
-            labels={"io.gpu-deploy.stack": stack.stack, "io.gpu-deploy.service": name},
+            labels={
+                "io.gpu-deploy.stack": stack.stack,
+                "io.gpu-deploy.service": name,
+                "io.gpu-deploy.profile": profile_key,
+                "io.gpu-deploy.root": target.root or "",
+            },
             must_succeed=[
                 containers[dep].exit_code for dep, cond in svc.depends_on.items() if cond == "completed"
             ],

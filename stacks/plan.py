@@ -25,7 +25,7 @@ import yaml
 from google.protobuf import json_format
 from pulumi.runtime import config as runtime_config
 from pulumi.runtime import mocks, settings
-from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.stack import Stack, wait_for_rpcs
 
 from stacks.config import SECRET_PLACEHOLDER
 
@@ -314,21 +314,44 @@ def prepare(
     return plan
 
 
+async def _run_in_stack(program: Path) -> None:
+    """What `pulumi.runtime.run_in_stack` does, waiting for outputs in linear time.
+
+    The SDK's own loop calls `asyncio.wait(FIRST_COMPLETED)` over every pending output each time one
+    settles, which is quadratic in the number of outputs (a Docker container has about 80): a plan of
+    200 services took a minute. Here every registration is an RPC awaited in turn, and the outputs left
+    over are gathered in waves, so the cost grows with the number of resources.
+    """
+    await settings._load_monitor_feature_support()  # type: ignore[no-untyped-call]
+    stack = Stack()
+    try:
+        runpy.run_path(str(program), run_name="__main__")
+    finally:
+        stack._finish()
+    await wait_for_rpcs(await_all_outstanding_tasks=False)
+    while settings.SETTINGS.outputs:
+        with settings.SETTINGS.lock:
+            pending = list(settings.SETTINGS.outputs)
+            settings.SETTINGS.outputs.clear()
+        for result in await asyncio.gather(*pending, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
+        await wait_for_rpcs(await_all_outstanding_tasks=False)
+
+
 def execute(plan: Plan, *, project_dir: Path = PROJECT_DIR) -> Plan:
     """Run __main__.py in the prepared runtime; the plan fills as the program registers resources."""
     program = project_dir / "__main__.py"
-
-    def run_program() -> None:
-        runpy.run_path(str(program), run_name="__main__")
-
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         with _in_directory(project_dir):
-            loop.run_until_complete(run_in_stack(run_program))
+            loop.run_until_complete(_run_in_stack(program))
     finally:
         loop.close()
         asyncio.set_event_loop(None)
+    # Registrations arrive in whatever order the event loop ran them; the plan is stable.
+    plan.resources.sort(key=lambda r: r.urn)
     return plan
 
 

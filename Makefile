@@ -1,0 +1,38 @@
+# gpu-deploy: `make plan STACK=prod` and `make test` are all a fresh machine needs.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STACK  ?= prod
+
+.PHONY: venv plan test lint typecheck unit bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+plan: venv
+	$(BIN)/python -m stacks plan $(STACK)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/shellcheck --external-sources --severity=style components/scripts/*.sh
+	$(BIN)/hadolint images/cuda-python/Dockerfile
+
+typecheck: venv
+	$(BIN)/mypy .
+
+unit: venv
+	$(BIN)/python -m pytest
+
+test: lint typecheck unit
+
+bench: venv
+	$(BIN)/python tests/bench_plan.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,529 @@
+"""GpuWorkload: one service as a Kubernetes Deployment (or StatefulSet) that asks for NVIDIA GPUs.
+
+Creates, in order (all children of the component, in `args.namespace`, which it does not create):
+1. a PersistentVolumeClaim `<name>-<volume>` per `pvc` volume, unless `stateful` (then the
+   StatefulSet's volumeClaimTemplates give each pod its own claim, which follows the pod);
+2. the Secret `<name>-env` when there is `secret_env`; containers read each key through
+   `valueFrom.secretKeyRef`, so no secret value is ever a plain `env` value in the pod spec or state;
+3. the Deployment `<name>` (or StatefulSet with `stateful`): `runtimeClassName: nvidia`,
+   `nvidia.com/gpu` (or a MIG resource) in both requests and limits, the `nvidia.com/gpu:NoSchedule`
+   toleration and a `nvidia.com/gpu.product` node selector (node affinity for several products) for
+   GPU pods; a non-root user, no privilege escalation, all capabilities dropped, seccomp
+   RuntimeDefault; memory request = limit; start-up, readiness and liveness probes where the start-up
+   probe gives a slow model load its own window. A GPU Deployment uses the Recreate strategy: a rolling
+   update would start the new pod while the old one still holds the GPU, and with whole GPUs the new
+   pod would stay Pending forever;
+4. with `cpu_fallback`, a second Deployment (or StatefulSet) `<name>-cpu`: no GPU, no runtime class,
+   `cpu_image`/`cpu_env` (e.g. WHISPER__INFERENCE_DEVICE=cpu) and `cpu_replicas` replicas, 0 by default;
+5. the ClusterIP Service `<name>` for `ports`, selecting the pods of both variants.
+
+Why the CPU fallback is a second, scaled-down Deployment: Kubernetes cannot say "a GPU if one is
+free" in one pod spec. A pod that requests `nvidia.com/gpu` stays Pending where none is allocatable;
+a pod that does not request one never gets one (and node affinity can prefer nodes, not add resource
+requests). Running both at once would double the memory and split traffic between a fast and a slow
+backend. So the fallback is declared up front, with its image and settings reviewed like the GPU one,
+at 0 replicas; falling back (GPU node down, driver broken, card removed) is a config flip that sets
+`cpu_replicas: 1` and `replicas: 0` and runs `pulumi up`, and rolling back is the reverse. Both
+variants carry the same `app.kubernetes.io/name`/`instance` labels, so the Service finds whichever
+runs. CPU pods get NVIDIA_VISIBLE_DEVICES=void: on a node whose default containerd runtime is
+`nvidia` (MicroK8s with the GPU Operator), a CUDA image would otherwise see every GPU without the
+scheduler knowing.
+
+Other notes: `command` maps to the container's `args` (like Docker's CMD; the image's entrypoint stays).
+PVCs carry `pulumi.com/skipAwait` because a WaitForFirstConsumer storage class binds only once a pod
+uses the claim; the Deployment's own await reports a claim that never binds. Changing `secret_env`
+updates the Secret but does not restart pods: `kubectl rollout restart` them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.k8s_cluster import GPU_RESOURCE, PRODUCT_LABEL, RUNTIME_CLASS
+from components.specs import UserSpec
+
+VARIANT_LABEL = "gpu-deploy/variant"
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_MAX_NAME = 48  # leaves room for "-cpu", StatefulSet ordinals and claim names within 63
+_FLOATING_TAG = re.compile(r"^(latest|stable|main|master|nightly|edge)(-.*)?$|.*-latest$")
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    name: str  # a DNS label: the pod volume's name and the claim's suffix
+    mount_path: str
+    size: str | None = None  # PVC request, e.g. "10Gi"; required for kind pvc
+    kind: Literal["pvc", "hostPath"] = "pvc"
+    host_path: str | None = None  # absolute path on the node; required for kind hostPath
+    read_only: bool = False
+    storage_class: str | None = None  # None: the cluster's default class
+
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One health check used three ways: start-up (the model-load window), readiness and liveness."""
+
+    http_path: str | None = None  # an HTTP GET on `port` ...
+    port: int | None = None  # None: the workload's first port
+    command: Sequence[str] | None = None  # ... or a command run in the container (exactly one of both)
+    interval_s: int = 10
+    timeout_s: int = 5
+    failure_threshold: int = 3  # readiness/liveness failures before not-ready/restart
+    startup_window_s: int = 600  # how long loading the model may take before liveness counts
+
+    @property
+    def startup_failure_threshold(self) -> int:
+        return max(1, math.ceil(self.startup_window_s / self.interval_s))
+
+
+@dataclass(frozen=True)
+class GpuWorkloadArgs:
+    name: str
+    namespace: str
+    image: pulumi.Input[str]  # a pinned tag or digest; ':latest' and untagged images are refused
+    user: UserSpec
+    command: Sequence[str] | None = None  # container args (Docker's CMD)
+    replicas: int = 1
+    gpu: int = 0  # count of gpu_resource (or of mig_resource); 0 = CPU only
+    gpu_resource: str = GPU_RESOURCE  # SharingSpec.resource_name: nvidia.com/gpu.shared with renameByDefault
+    mig_resource: str | None = None  # e.g. "nvidia.com/mig-1g.10gb" (mixed strategy); replaces gpu_resource
+    cpu_fallback: bool = False
+    cpu_image: str | None = None  # the fallback's image (a CPU build); None: the same image
+    cpu_env: Mapping[str, str] = field(default_factory=dict)  # fallback env overrides
+    cpu_replicas: int = 0  # the fallback's replicas: 0 until a config flip scales it up
+    ports: Sequence[int] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    secret_env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    volumes: Sequence[VolumeSpec] = ()
+    memory_mib: int | None = None  # request and limit
+    cpu: str | None = None  # request only ("2", "500m"): a CPU limit throttles model loads
+    shm_mib: int | None = None  # a memory-backed /dev/shm (PyTorch data loaders, NCCL)
+    probe: ProbeSpec | None = None
+    # nvidia.com/gpu.product values; with MIG strategy single GFD appends the profile
+    # (NVIDIA-H100-80GB-HBM3-MIG-1g.10gb)
+    gpu_products: Sequence[str] = ()
+    node_selector: Mapping[str, str] = field(default_factory=dict)  # extra, for both variants
+    stateful: bool = False
+    component: str = "server"  # app.kubernetes.io/component
+
+
+def check_image_pinned(image: str) -> None:
+    """Refuse an image whose tag floats: none (= latest), latest, latest-cuda, stable, main ..."""
+    if "@" in image:
+        if not re.search(r"@sha256:[0-9a-f]{64}$", image):
+            raise ValueError(f"image {image!r}: a digest is @sha256:<64 hex digits>")
+        return
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        raise ValueError(f"image {image!r} has no tag, so it means ':latest': pin a version tag or a digest")
+    tag = last.split(":", 1)[1]
+    if not tag or _FLOATING_TAG.match(tag):
+        raise ValueError(f"image {image!r} uses the floating tag {tag!r}: pin a version tag or a digest")
+
+
+def _pinned(image: str) -> str:
+    check_image_pinned(image)
+    return image
+
+
+def check_args(args: GpuWorkloadArgs) -> None:
+    if not _DNS_LABEL.match(args.name) or len(args.name) > _MAX_NAME:
+        raise ValueError(f"workload name {args.name!r} must be a DNS label of at most {_MAX_NAME} characters")
+    if not _DNS_LABEL.match(args.namespace):
+        raise ValueError(f"namespace {args.namespace!r} must be a DNS label")
+    if isinstance(args.image, str):
+        check_image_pinned(args.image)
+    if args.cpu_image is not None:
+        check_image_pinned(args.cpu_image)
+    if args.user.uid == 0:
+        raise ValueError(f"{args.name}: pods run as a non-root user; uid 0 is refused")
+    if args.replicas < 0 or args.cpu_replicas < 0 or args.gpu < 0:
+        raise ValueError(f"{args.name}: replicas, cpu_replicas and gpu cannot be negative")
+    if args.mig_resource is not None:
+        if not args.mig_resource.startswith("nvidia.com/mig-"):
+            raise ValueError(
+                f"{args.name}: mig_resource is nvidia.com/mig-<profile>, got {args.mig_resource!r}"
+            )
+        if args.gpu < 1:
+            raise ValueError(
+                f"{args.name}: mig_resource {args.mig_resource} needs gpu >= 1 (the instance count)"
+            )
+    if args.cpu_fallback and args.gpu == 0:
+        raise ValueError(f"{args.name}: cpu_fallback is for GPU workloads; this one asks for gpu 0")
+    if not args.cpu_fallback and (args.cpu_image or args.cpu_env or args.cpu_replicas):
+        raise ValueError(f"{args.name}: cpu_image/cpu_env/cpu_replicas need cpu_fallback true")
+    for keys, what in ((args.env, "env"), (args.cpu_env, "cpu_env")):
+        clash = sorted(set(keys) & set(args.secret_env))
+        if clash:
+            raise ValueError(f"{args.name}: {', '.join(clash)} in both {what} and secret_env")
+    for port in args.ports:
+        if not 0 < port < 65536:
+            raise ValueError(f"{args.name}: port {port} is out of range")
+    seen: set[str] = set()
+    for volume in args.volumes:
+        if not _DNS_LABEL.match(volume.name) or volume.name in seen or volume.name == "dshm":
+            raise ValueError(
+                f"{args.name}: volume name {volume.name!r} must be a unique DNS label (not dshm)"
+            )
+        seen.add(volume.name)
+        if not volume.mount_path.startswith("/"):
+            raise ValueError(f"{args.name}: volume {volume.name} mount_path must be absolute")
+        if volume.kind == "pvc" and not volume.size:
+            raise ValueError(f"{args.name}: pvc volume {volume.name} needs a size such as 10Gi")
+        if volume.kind == "hostPath" and not (volume.host_path or "").startswith("/"):
+            raise ValueError(f"{args.name}: hostPath volume {volume.name} needs an absolute host_path")
+    probe = args.probe
+    if probe is not None:
+        if (probe.http_path is None) == (probe.command is None):
+            raise ValueError(f"{args.name}: a probe is either http_path or command, exactly one")
+        if probe.http_path is not None and probe.port is None and not args.ports:
+            raise ValueError(f"{args.name}: an http probe needs a port")
+        if min(probe.interval_s, probe.timeout_s, probe.failure_threshold) < 1:
+            raise ValueError(f"{args.name}: probe interval, timeout and failure_threshold must be >= 1")
+        if probe.timeout_s >= probe.interval_s:
+            raise ValueError(f"{args.name}: probe timeout_s must be shorter than interval_s")
+
+
+def recommended_labels(args: GpuWorkloadArgs) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": args.name,
+        "app.kubernetes.io/instance": args.name,
+        "app.kubernetes.io/component": args.component,
+        "app.kubernetes.io/part-of": "gpu-deploy",
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def _probe(spec: ProbeSpec, default_port: int | None, failure_threshold: int) -> k8s.core.v1.ProbeArgs:
+    port = spec.port if spec.port is not None else default_port
+    http = None
+    if spec.http_path is not None and port is not None:  # check_args guarantees a port for http probes
+        http = k8s.core.v1.HTTPGetActionArgs(path=spec.http_path, port=port)
+    return k8s.core.v1.ProbeArgs(
+        http_get=http,
+        exec_=k8s.core.v1.ExecActionArgs(command=list(spec.command)) if spec.command else None,
+        period_seconds=spec.interval_s,
+        timeout_seconds=spec.timeout_s,
+        failure_threshold=failure_threshold,
+    )
+
+
+def _node_affinity(products: Sequence[str]) -> k8s.core.v1.AffinityArgs:
+    return k8s.core.v1.AffinityArgs(
+        node_affinity=k8s.core.v1.NodeAffinityArgs(
+            required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
+                node_selector_terms=[
+                    k8s.core.v1.NodeSelectorTermArgs(
+                        match_expressions=[
+                            k8s.core.v1.NodeSelectorRequirementArgs(
+                                key=PRODUCT_LABEL, operator="In", values=list(products)
+                            )
+                        ]
+                    )
+                ]
+            )
+        )
+    )
+
+
+def _port_name(port: int) -> str:
+    return f"tcp-{port}"
+
+
+class GpuWorkload(pulumi.ComponentResource):
+    workload: k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet
+    cpu_workload: k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet | None
+    service: k8s.core.v1.Service | None
+    secret: k8s.core.v1.Secret | None
+    claims: list[k8s.core.v1.PersistentVolumeClaim]
+
+    def __init__(self, name: str, args: GpuWorkloadArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        check_args(args)
+        super().__init__("gpu-deploy:kubernetes:GpuWorkload", name, None, opts)
+        self._args = args
+        self._labels = recommended_labels(args)
+        child = pulumi.ResourceOptions(parent=self)
+
+        self.claims = []
+        self._claim_names: dict[str, pulumi.Output[str]] = {}
+        if not args.stateful:
+            for volume in args.volumes:
+                if volume.kind != "pvc":
+                    continue
+                claim = k8s.core.v1.PersistentVolumeClaim(
+                    f"{name}-{volume.name}",
+                    metadata=self._meta(f"{args.name}-{volume.name}", {"pulumi.com/skipAwait": "true"}),
+                    spec=self._claim_spec(volume),
+                    opts=child,
+                )
+                self.claims.append(claim)
+                self._claim_names[volume.name] = claim.metadata.name
+
+        self.secret = None
+        self._secret_name: pulumi.Output[str] | None = None
+        if args.secret_env:
+            self.secret = k8s.core.v1.Secret(
+                f"{name}-env",
+                metadata=self._meta(f"{args.name}-env"),
+                type="Opaque",
+                string_data={k: pulumi.Output.secret(v) for k, v in sorted(args.secret_env.items())},
+                opts=child,
+            )
+            self._secret_name = self.secret.metadata.name
+
+        self.service = None
+        if args.ports:
+            self.service = k8s.core.v1.Service(
+                f"{name}-service",
+                metadata=self._meta(args.name),
+                spec=k8s.core.v1.ServiceSpecArgs(
+                    type="ClusterIP",
+                    selector={
+                        "app.kubernetes.io/name": args.name,
+                        "app.kubernetes.io/instance": args.name,
+                    },
+                    ports=[
+                        k8s.core.v1.ServicePortArgs(name=_port_name(p), port=p, target_port=p, protocol="TCP")
+                        for p in args.ports
+                    ],
+                ),
+                opts=child,
+            )
+
+        wants_gpu = args.gpu > 0
+        self.workload = self._workload(
+            resource_name=name,
+            object_name=args.name,
+            fallback=False,
+            replicas=args.replicas,
+            wants_gpu=wants_gpu,
+            image=args.image,
+            env={},
+        )
+        self.cpu_workload = None
+        if args.cpu_fallback:
+            self.cpu_workload = self._workload(
+                resource_name=f"{name}-cpu",
+                object_name=f"{args.name}-cpu",
+                fallback=True,
+                replicas=args.cpu_replicas,
+                wants_gpu=False,
+                image=args.cpu_image or args.image,
+                env=args.cpu_env,
+            )
+
+        self.register_outputs(
+            {
+                "name": args.name,
+                "namespace": args.namespace,
+                "urls": [f"http://{args.name}.{args.namespace}.svc.cluster.local:{p}" for p in args.ports],
+            }
+        )
+
+    def _meta(
+        self, object_name: str, annotations: Mapping[str, str] | None = None
+    ) -> k8s.meta.v1.ObjectMetaArgs:
+        return k8s.meta.v1.ObjectMetaArgs(
+            name=object_name,
+            namespace=self._args.namespace,
+            labels=self._labels,
+            annotations=dict(annotations) if annotations else None,
+        )
+
+    @staticmethod
+    def _claim_spec(volume: VolumeSpec) -> k8s.core.v1.PersistentVolumeClaimSpecArgs:
+        return k8s.core.v1.PersistentVolumeClaimSpecArgs(
+            access_modes=["ReadWriteOnce"],
+            storage_class_name=volume.storage_class,
+            resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": volume.size or ""}),
+        )
+
+    def _env(self, overrides: Mapping[str, str], wants_gpu: bool) -> list[k8s.core.v1.EnvVarArgs]:
+        plain = {**self._args.env, **overrides}
+        if not wants_gpu:
+            plain.setdefault("NVIDIA_VISIBLE_DEVICES", "void")
+        env = [k8s.core.v1.EnvVarArgs(name=k, value=v) for k, v in sorted(plain.items())]
+        if self._secret_name is not None:
+            env += [
+                k8s.core.v1.EnvVarArgs(
+                    name=key,
+                    value_from=k8s.core.v1.EnvVarSourceArgs(
+                        secret_key_ref=k8s.core.v1.SecretKeySelectorArgs(name=self._secret_name, key=key)
+                    ),
+                )
+                for key in sorted(self._args.secret_env)
+            ]
+        return env
+
+    def _resources(self, wants_gpu: bool) -> k8s.core.v1.ResourceRequirementsArgs:
+        args = self._args
+        requests: dict[str, str] = {}
+        limits: dict[str, str] = {}
+        if args.memory_mib is not None:
+            requests["memory"] = limits["memory"] = f"{args.memory_mib}Mi"
+        if args.cpu is not None:
+            requests["cpu"] = args.cpu
+        if wants_gpu:
+            resource = args.mig_resource or args.gpu_resource
+            # An extended resource may not be overcommitted: the request must equal the limit.
+            requests[resource] = limits[resource] = str(args.gpu)
+        return k8s.core.v1.ResourceRequirementsArgs(requests=requests or None, limits=limits or None)
+
+    def _pod_spec(
+        self, *, fallback: bool, wants_gpu: bool, image: pulumi.Input[str], env: Mapping[str, str]
+    ) -> k8s.core.v1.PodSpecArgs:
+        args = self._args
+        volumes: list[k8s.core.v1.VolumeArgs] = []
+        mounts: list[k8s.core.v1.VolumeMountArgs] = []
+        for volume in args.volumes:
+            mounts.append(
+                k8s.core.v1.VolumeMountArgs(
+                    name=volume.name, mount_path=volume.mount_path, read_only=volume.read_only
+                )
+            )
+            if volume.kind == "hostPath":
+                volumes.append(
+                    k8s.core.v1.VolumeArgs(
+                        name=volume.name,
+                        host_path=k8s.core.v1.HostPathVolumeSourceArgs(
+                            path=volume.host_path or "", type="DirectoryOrCreate"
+                        ),
+                    )
+                )
+            elif not args.stateful:
+                volumes.append(
+                    k8s.core.v1.VolumeArgs(
+                        name=volume.name,
+                        persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                            claim_name=self._claim_names[volume.name], read_only=volume.read_only
+                        ),
+                    )
+                )
+        if args.shm_mib:
+            volumes.append(
+                k8s.core.v1.VolumeArgs(
+                    name="dshm",
+                    empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(
+                        medium="Memory", size_limit=f"{args.shm_mib}Mi"
+                    ),
+                )
+            )
+            mounts.append(k8s.core.v1.VolumeMountArgs(name="dshm", mount_path="/dev/shm"))  # noqa: S108 (the pod's own shm)
+
+        probe = args.probe
+        default_port = args.ports[0] if args.ports else None
+        products = [] if fallback else list(args.gpu_products)
+        selector = dict(args.node_selector)
+        if len(products) == 1:
+            selector[PRODUCT_LABEL] = products[0]
+
+        container = k8s.core.v1.ContainerArgs(
+            name=args.name,
+            image=pulumi.Output.from_input(image).apply(_pinned),
+            args=list(args.command) if args.command is not None else None,
+            env=self._env(env, wants_gpu),
+            ports=[
+                k8s.core.v1.ContainerPortArgs(name=_port_name(p), container_port=p, protocol="TCP")
+                for p in args.ports
+            ]
+            or None,
+            resources=self._resources(wants_gpu),
+            volume_mounts=mounts or None,
+            startup_probe=_probe(probe, default_port, probe.startup_failure_threshold) if probe else None,
+            readiness_probe=_probe(probe, default_port, probe.failure_threshold) if probe else None,
+            liveness_probe=_probe(probe, default_port, probe.failure_threshold) if probe else None,
+            security_context=k8s.core.v1.SecurityContextArgs(
+                allow_privilege_escalation=False,
+                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+                run_as_non_root=True,
+            ),
+        )
+        return k8s.core.v1.PodSpecArgs(
+            containers=[container],
+            runtime_class_name=RUNTIME_CLASS if wants_gpu else None,
+            node_selector=selector or None,
+            affinity=_node_affinity(products) if len(products) > 1 else None,
+            tolerations=[k8s.core.v1.TolerationArgs(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
+            if wants_gpu or products
+            else None,
+            security_context=k8s.core.v1.PodSecurityContextArgs(
+                run_as_user=args.user.uid,
+                run_as_group=args.user.gid,
+                fs_group=args.user.gid,
+                run_as_non_root=True,
+                seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+            ),
+            volumes=volumes or None,
+        )
+
+    def _workload(
+        self,
+        *,
+        resource_name: str,
+        object_name: str,
+        fallback: bool,
+        replicas: int,
+        wants_gpu: bool,
+        image: pulumi.Input[str],
+        env: Mapping[str, str],
+    ) -> k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet:
+        args = self._args
+        # Selects one variant's pods only, so the GPU and CPU Deployments never adopt each other's.
+        variant = "gpu" if wants_gpu else "cpu"
+        selector = {
+            "app.kubernetes.io/name": args.name,
+            "app.kubernetes.io/instance": args.name,
+            VARIANT_LABEL: variant,
+        }
+        labels = {**self._labels, VARIANT_LABEL: variant}
+        template = k8s.core.v1.PodTemplateSpecArgs(
+            metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+            spec=self._pod_spec(
+                fallback=fallback,
+                wants_gpu=wants_gpu,
+                image=image,
+                env=env,
+            ),
+        )
+        metadata = k8s.meta.v1.ObjectMetaArgs(name=object_name, namespace=args.namespace, labels=labels)
+        opts = pulumi.ResourceOptions(parent=self)
+        if args.stateful:
+            return k8s.apps.v1.StatefulSet(
+                resource_name,
+                metadata=metadata,
+                spec=k8s.apps.v1.StatefulSetSpecArgs(
+                    service_name=args.name,
+                    replicas=replicas,
+                    selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                    template=template,
+                    volume_claim_templates=[
+                        k8s.core.v1.PersistentVolumeClaimArgs(
+                            metadata=k8s.meta.v1.ObjectMetaArgs(name=v.name, labels=self._labels),
+                            spec=self._claim_spec(v),
+                        )
+                        for v in args.volumes
+                        if v.kind == "pvc"
+                    ]
+                    or None,
+                ),
+                opts=opts,
+            )
+        return k8s.apps.v1.Deployment(
+            resource_name,
+            metadata=metadata,
+            spec=k8s.apps.v1.DeploymentSpecArgs(
+                replicas=replicas,
+                selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
+                template=template,
+                # The old pod must free its GPU before the new one can be scheduled.
+                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate") if wants_gpu else None,
+            ),
+            opts=opts,
+        )

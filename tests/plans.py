@@ -1,0 +1,53 @@
+"""Helpers for tests that run the real program (__main__.py) under mocks through the offline plan."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stacks.plan import PROJECT_DIR, Plan, PlannedResource, make_plan
+
+CONTAINER = "docker:index/container:Container"
+IMAGE = "docker:index/image:Image"
+REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
+REMOTE_COMMAND = "command:remote:Command"
+LOCAL_COMMAND = "command:local:Command"
+DOCKER_PROVIDER = "pulumi:providers:docker"
+
+
+def stack_config(stack: str) -> dict[str, Any]:
+    doc = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text())
+    return dict(doc["config"])
+
+
+def plan_with(tmp_path: Path, stack: str, edit: Any, *, preview: bool = False) -> Plan:
+    """Plan `stack` with its config changed by `edit(config)` (a copy, written to a temp file)."""
+    config = copy.deepcopy(stack_config(stack))
+    edit(config)
+    path = tmp_path / f"Pulumi.{stack}.edited.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    return make_plan(stack, config_file=path, preview=preview)
+
+
+def containers(plan: Plan) -> dict[str, PlannedResource]:
+    return {r.name: r for r in plan.by_type(CONTAINER)}
+
+
+def env_of(container: PlannedResource) -> dict[str, str]:
+    return dict(e.split("=", 1) for e in container.inputs.get("envs", []) if "=" in e)
+
+
+def labels_of(container: PlannedResource) -> dict[str, str]:
+    return {item["label"]: item["value"] for item in container.inputs.get("labels", [])}
+
+
+def plan_text(plan: Plan) -> str:
+    return json.dumps(plan.as_json(), sort_keys=True)
+
+
+def urn_of(plan: Plan, type_: str, name: str) -> str:
+    return plan.named(type_, name).urn

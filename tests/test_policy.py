@@ -1,0 +1,604 @@
+"""The policy pack (policy/): every shipped stack passes every rule; a planted violation of each rule fails.
+
+The rules run over the offline plans (`python -m stacks plan STACK --json`): the resource inputs the
+engine would hand a policy pack. The last tests start the pack the way the engine does
+(`python -m pulumi.policy`, in policy/) and talk to it over gRPC.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import grpc  # type: ignore[import-untyped,unused-ignore]
+import pytest
+import yaml
+from google.protobuf import empty_pb2, struct_pb2
+from pulumi.runtime import proto
+from pulumi.runtime.proto import analyzer_pb2_grpc
+from pulumi_policy import EnforcementLevel, Policy, ResourceValidationPolicy
+from pulumi_policy.policy import _PolicyAnalyzerServicer
+from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
+
+from components.profiles import PROFILES
+from policy import validators as v
+from policy.validators import RULES, RULES_BY_NAME, StackContext, check_resource, check_rule
+from stacks.config import looks_secret
+from stacks.plan import PROJECT_DIR, Plan, PlannedResource, list_stacks, make_plan, read_stack_config
+
+POLICY_DIR = PROJECT_DIR / "policy"
+SHIPPED = list_stacks(PROJECT_DIR)
+
+
+def stack_kind(stack: str) -> str:
+    doc = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text()) or {}
+    return str(((doc.get("config") or {}).get("gpu-deploy:target") or {}).get("kind", "?"))
+
+
+@functools.cache
+def plan_of(stack: str, preview: bool = False) -> Plan:
+    return make_plan(stack, preview=preview)
+
+
+@functools.cache
+def context_of(stack: str) -> StackContext:
+    return StackContext.from_config(read_stack_config(PROJECT_DIR, stack)[1], stack=stack)
+
+
+def resource(stack: str, type_: str, name: str) -> PlannedResource:
+    return plan_of(stack).named(type_, name)
+
+
+# ---------------------------------------------------------------- every shipped stack complies
+@pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
+@pytest.mark.parametrize("stack", SHIPPED)
+def test_shipped_stack_passes_every_rule(stack: str, preview: bool) -> None:
+    try:
+        plan = plan_of(stack, preview)
+    except Exception as err:
+        if stack_kind(stack) == "docker":
+            raise
+        pytest.skip(f"{stack}: target kind {stack_kind(stack)} does not plan offline yet ({err})")
+    context = context_of(stack)
+    violations = [
+        message for r in plan.resources for message in check_resource(r.type, r.inputs, context, name=r.name)
+    ]
+    assert violations == []
+    checked = {r.type for r in plan.resources}
+    assert v.CONTAINER in checked or any(t in checked for t in v.POD_SPEC_PATHS), "nothing to check"
+
+
+# ---------------------------------------------------------------- planted violations, one per rule
+def set_(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(props: dict[str, Any]) -> None:
+        props[key] = value
+
+    return edit
+
+
+def drop(key: str) -> Callable[[dict[str, Any]], None]:
+    def edit(props: dict[str, Any]) -> None:
+        props.pop(key, None)
+
+    return edit
+
+
+def add_env(entry: str) -> Callable[[dict[str, Any]], None]:
+    def edit(props: dict[str, Any]) -> None:
+        props["envs"] = [*props.get("envs", []), entry]
+
+    return edit
+
+
+def build_arg(key: str, value: str) -> Callable[[dict[str, Any]], None]:
+    def edit(props: dict[str, Any]) -> None:
+        props["build"]["args"][key] = value
+
+    return edit
+
+
+def mount_source(source: str) -> Callable[[dict[str, Any]], None]:
+    def edit(props: dict[str, Any]) -> None:
+        props["mounts"][0]["source"] = source
+
+    return edit
+
+
+def create_sub(old: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def edit(props: dict[str, Any]) -> None:
+        assert old in props["create"]
+        props["create"] = props["create"].replace(old, new)
+
+    return edit
+
+
+def mig_devices(props: dict[str, Any]) -> None:
+    props["deviceRequests"] = [
+        {
+            "driver": "nvidia",
+            "deviceIds": ["MIG-4f2e1c3a-0000-1111-2222-333344445555"],
+            "capabilities": ["gpu"],
+        }
+    ]
+
+
+APP = ("prod", v.CONTAINER, "app")
+BACKEND = ("a4000", v.CONTAINER, "backend")
+PROD_IMAGE = ("prod", v.IMAGE, "image-build")
+PROD_DIRS = ("prod", "command:remote:Command", "dirs-1001-1001-prepare")
+H100_VISION = ("h100", v.CONTAINER, "vision")
+
+# (rule, (stack, type, resource name), edit, words the message must contain)
+PLANTED: list[tuple[str, tuple[str, str, str], Callable[[dict[str, Any]], None], str]] = [
+    ("non-root-user", APP, set_("user", "0:0"), "runs as root"),
+    ("non-root-user", H100_VISION, set_("user", "root"), "not a numeric uid"),
+    ("non-root-user", BACKEND, drop("user"), "has no user"),
+    ("no-privileges", APP, set_("privileged", True), "privileged"),
+    ("no-privileges", BACKEND, set_("capabilities", {"drops": ["ALL"], "adds": ["SYS_ADMIN"]}), "SYS_ADMIN"),
+    ("pinned-images", ("h100", v.CONTAINER, "redis"), set_("image", "redis:latest"), "latest"),
+    ("pinned-images", ("h100", v.CONTAINER, "redis"), set_("image", "redis"), "no tag"),
+    ("pinned-images", PROD_IMAGE, build_arg("BASE_IMAGE", "nvidia/cuda"), "BASE_IMAGE"),
+    ("host-paths-under-root", APP, mount_source("/etc"), "/etc is outside the stack's root"),
+    (
+        "host-paths-under-root",
+        APP,
+        mount_source("/srv/english-listening-trainer/../../etc"),
+        "outside the stack's root",
+    ),
+    (
+        "host-paths-under-root",
+        PROD_DIRS,
+        create_sub("/srv/english-listening-trainer/logs", "/var/log"),
+        "/var/log",
+    ),
+    ("host-dirs-not-world-writable", PROD_DIRS, create_sub("MODE=0750", "MODE=0777"), "world-writable"),
+    ("host-dirs-not-world-writable", PROD_DIRS, create_sub("MODE=0750", "MODE=0752"), "world-writable"),
+    ("no-plain-secrets", APP, add_env("DB_PASSWORD=hunter2"), "DB_PASSWORD"),
+    ("no-plain-secrets", H100_VISION, add_env("HF_TOKEN=hf_abc123"), "HF_TOKEN"),
+    ("no-plain-secrets", PROD_IMAGE, build_arg("NPM_TOKEN", "npm_abc"), "NPM_TOKEN"),
+    (
+        "cuda-fits-card",
+        PROD_IMAGE,
+        build_arg("BASE_IMAGE", "nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04"),
+        "13.0",
+    ),
+    (
+        "cuda-fits-card",
+        PROD_IMAGE,
+        build_arg("TORCH_INDEX_URL", "https://download.pytorch.org/whl/cu128"),
+        "cu128",
+    ),
+    ("cuda-fits-card", PROD_IMAGE, build_arg("CUDA_VERSION", "13.0.1"), "CUDA_VERSION"),
+    ("mig-only-on-h100", BACKEND, mig_devices, "MIG exists only on h100"),
+    ("memory-limit", APP, drop("memory"), "no memory limit"),
+    ("memory-limit", BACKEND, set_("memory", 0), "no memory limit"),
+    ("gpu-requests-match-profile", BACKEND, add_env("NVIDIA_VISIBLE_DEVICES=all"), "defeats count 1"),
+    (
+        "gpu-requests-match-profile",
+        APP,
+        set_("deviceRequests", [{"driver": "amd", "count": -1, "capabilities": ["gpu"]}]),
+        "not 'nvidia'",
+    ),
+    ("gpu-requests-match-profile", APP, set_("deviceRequests", [{"driver": "nvidia", "count": 0}]), "count"),
+]
+
+
+@pytest.mark.parametrize(
+    ("rule_name", "where", "edit", "expected"),
+    PLANTED,
+    ids=[f"{rule}:{where[0]}/{where[2]}:{expected}" for rule, where, _, expected in PLANTED],
+)
+def test_planted_violation_fails_naming_the_resource(
+    rule_name: str, where: tuple[str, str, str], edit: Callable[[dict[str, Any]], None], expected: str
+) -> None:
+    stack, type_, name = where
+    original = resource(stack, type_, name)
+    context = context_of(stack)
+    rule = RULES_BY_NAME[rule_name]
+    assert check_rule(rule, type_, original.inputs, context, name=name) == []
+
+    props = copy.deepcopy(original.inputs)
+    edit(props)
+    messages = check_rule(rule, type_, props, context, name=name)
+    assert messages, f"{rule_name} let the planted violation through"
+    assert all(m.startswith(f"{type_.rsplit(':', 1)[-1]} {name}") for m in messages), messages
+    assert any(expected in m for m in messages), messages
+    assert set(messages) <= set(check_resource(type_, props, context, name=name))
+
+
+def test_every_rule_has_a_planted_violation() -> None:
+    assert {rule for rule, *_ in PLANTED} == set(RULES_BY_NAME)
+
+
+def test_cpu_profile_takes_no_device_requests() -> None:
+    probe = resource("dev", v.CONTAINER, "probe")
+    cpu = StackContext(stack="dev", profile="cpu")
+    props = copy.deepcopy(probe.inputs)
+    props["deviceRequests"] = [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+    messages = check_resource(v.CONTAINER, props, cpu, name="probe")
+    assert any("profile cpu has no GPU" in m for m in messages)
+
+
+def test_mig_device_ids_are_fine_on_h100() -> None:
+    props = copy.deepcopy(resource(*H100_VISION).inputs)
+    mig_devices(props)
+    props["envs"] = [e for e in props["envs"] if not e.startswith("NVIDIA_VISIBLE_DEVICES=")]
+    assert check_resource(v.CONTAINER, props, context_of("h100"), name="vision") == []
+
+
+def test_unknown_profile_skips_only_profile_checks() -> None:
+    """Profile `auto` during preview: the label is unknown, so MIG/CPU checks wait for `pulumi up`."""
+    props = copy.deepcopy(resource(*BACKEND).inputs)
+    mig_devices(props)
+    props["labels"] = [{"label": v.LABEL_PROFILE, "value": v.UNKNOWN}]
+    props["user"] = "0:0"
+    messages = check_resource(v.CONTAINER, props, StackContext(root="/srv/nlp-backend"), name="backend")
+    assert not any("MIG" in m for m in messages)
+    assert any("runs as root" in m for m in messages)
+
+
+def test_labels_override_the_config() -> None:
+    """A container's io.gpu-deploy.* labels (what the program resolved) win over the stack config."""
+    props = copy.deepcopy(resource(*BACKEND).inputs)
+    props["labels"] = [
+        {"label": v.LABEL_PROFILE, "value": "a4000"},
+        {"label": v.LABEL_ROOT, "value": "/srv/other"},
+    ]
+    mig_devices(props)
+    messages = check_resource(v.CONTAINER, props, StackContext(profile="h100", root="/srv/nlp-backend"))
+    assert any("MIG" in m for m in messages)
+    assert any("outside the stack's root /srv/other" in m for m in messages)
+
+
+def test_bind_mount_without_a_root_fails() -> None:
+    props = copy.deepcopy(resource(*APP).inputs)
+    props["labels"] = []
+    messages = check_resource(v.CONTAINER, props, StackContext(profile="p40"), name="app")
+    assert any("no target.root" in m for m in messages)
+
+
+def test_declared_secret_env_passes_where_the_engine_unwraps_it() -> None:
+    """At preview the policy SDK hands secrets over as plain values: secretEnv names are allowed."""
+    props = copy.deepcopy(resource(*APP).inputs)
+    props["envs"] = [*props["envs"], "JWT_SECRET=s3cr3t", "[secret]"]
+    declared = StackContext.from_config(
+        {
+            "gpu-deploy:profile": "p40",
+            "gpu-deploy:target": json.dumps({"kind": "docker", "root": "/srv/english-listening-trainer"}),
+            "gpu-deploy:services": json.dumps({"app": {"secretEnv": {"JWT_SECRET": "s3cr3t"}}}),
+        }
+    )
+    assert check_resource(v.CONTAINER, props, declared, name="app") == []
+    other_service = StackContext.from_config(
+        {
+            "gpu-deploy:profile": "p40",
+            "gpu-deploy:target": json.dumps({"kind": "docker", "root": "/srv/english-listening-trainer"}),
+            "gpu-deploy:services": json.dumps(
+                {"app": {"env": {}}, "admin": {"secretEnv": {"JWT_SECRET": "x"}}}
+            ),
+        }
+    )
+    assert any("JWT_SECRET" in m for m in check_resource(v.CONTAINER, props, other_service, name="app"))
+
+
+def test_context_from_pulumi_config() -> None:
+    """PULUMI_CONFIG: full keys, objects as JSON text; `auto` and typos are an unknown profile."""
+    _, config, _ = read_stack_config(PROJECT_DIR, "prod")
+    context = StackContext.from_config(config, stack="prod")
+    assert (context.profile, context.root) == ("p40", "/srv/english-listening-trainer")
+    assert StackContext.from_config({"gpu-deploy:profile": "auto"}).profile is None
+    assert StackContext.from_config({"gpu-deploy:profile": "p4O"}).profile is None
+    assert StackContext.from_config({"gpu-deploy:target": '{"root": "/srv/x/"}'}).root == "/srv/x"
+    assert StackContext.from_config({"gpu-deploy:target": '{"root": "relative"}'}).root is None
+
+
+def test_secret_names_match_the_config_validator() -> None:
+    names = [
+        "DB_PASSWORD",
+        "MYSQL_PASSWD",
+        "JWT_SECRET",
+        "HF_TOKEN",
+        "OPENAI_API_KEY",
+        "APIKEY",
+        "SSH_PRIVATE_KEY",
+        "AWS_CREDENTIALS",
+        "HOST_KEY",
+        "REDIS_URL",
+        "HF_HOME",
+        "TOKENIZERS_PARALLELISM",
+    ]
+    assert [v.looks_secret(n) for n in names] == [looks_secret(n) for n in names]
+
+
+def test_catalog_facts_come_from_the_profiles() -> None:
+    assert [k for k, p in PROFILES.items() if p.mig_capable] == ["h100"]
+    p40 = PROFILES["p40"]
+    assert (p40.max_cuda_major, p40.max_wheel_cuda) == (12, "12.6")
+
+
+@pytest.mark.parametrize(
+    ("ref", "pinned"),
+    [
+        ("redis:7.2.4", True),
+        ("registry.local:5000/team/app:p40-01253fbbf25a", True),
+        ("nvidia/cuda@sha256:" + "a" * 64, True),
+        ("redis", False),
+        ("redis:latest", False),
+        ("registry.local:5000/team/app", False),
+        ("", False),
+        (v.UNKNOWN, True),
+    ],
+)
+def test_image_pinning(ref: str, pinned: bool) -> None:
+    assert (v.image_pin_problem(ref) is None) == pinned
+
+
+# ---------------------------------------------------------------- Kubernetes-shaped props
+def deployment(**container_overrides: Any) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": "vision",
+        "image": "registry.local/ai4thai-vision:h100-b6de8bc1f783",
+        "resources": {
+            "limits": {"memory": "96Gi", "nvidia.com/gpu": "1"},
+            "requests": {"memory": "64Gi", "nvidia.com/gpu": "1"},
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "runAsNonRoot": True,
+        },
+        "env": [
+            {"name": "HF_HOME", "value": "/models"},
+            {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf", "key": "token"}}},
+        ],
+    }
+    container.update(container_overrides)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": "vision",
+            "namespace": "ai4thai",
+            "labels": {"app.kubernetes.io/name": "vision"},
+        },
+        "spec": {
+            "replicas": 1,
+            "template": {
+                "metadata": {"labels": {"app.kubernetes.io/name": "vision"}},
+                "spec": {
+                    "securityContext": {"runAsUser": 1001, "runAsGroup": 1001, "runAsNonRoot": True},
+                    "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+                    "containers": [container],
+                    "volumes": [{"name": "models", "hostPath": {"path": "/srv/ai4thai/models"}}],
+                },
+            },
+        },
+    }
+
+
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+H100 = StackContext(stack="k8s", profile="h100", root="/srv/ai4thai")
+
+
+def pod_of(props: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = props["spec"]["template"]["spec"]
+    return spec
+
+
+def test_k8s_deployment_that_complies() -> None:
+    assert check_resource(DEPLOYMENT, deployment(), H100, name="vision") == []
+
+
+def test_k8s_other_workload_shapes() -> None:
+    pod_spec = pod_of(deployment())
+    shapes = {
+        "kubernetes:core/v1:Pod": {"metadata": {"name": "p"}, "spec": pod_spec},
+        "kubernetes:apps/v1:StatefulSet": {"spec": {"template": {"spec": pod_spec}}},
+        "kubernetes:batch/v1:CronJob": {"spec": {"jobTemplate": {"spec": {"template": {"spec": pod_spec}}}}},
+    }
+    for type_, props in shapes.items():
+        assert check_resource(type_, props, H100, name="w") == [], type_
+        broken = copy.deepcopy(props)
+        container = v.pod_containers(v.pod_spec(type_, broken))[0]
+        assert isinstance(container, dict)
+        container["securityContext"]["privileged"] = True
+        assert any("runs privileged" in m for m in check_resource(type_, broken, H100, name="w")), type_
+
+
+K8S_CASES: list[tuple[str, Callable[[dict[str, Any]], object], str]] = [
+    ("non-root-user", lambda d: pod_of(d)["securityContext"].update(runAsUser=0), "runAsUser is 0"),
+    (
+        "non-root-user",
+        lambda d: (
+            pod_of(d).pop("securityContext"),
+            pod_of(d)["containers"][0]["securityContext"].pop("runAsNonRoot"),
+        ),
+        "neither runAsNonRoot",
+    ),
+    (
+        "no-privileges",
+        lambda d: pod_of(d)["containers"][0]["securityContext"].update(privileged=True),
+        "privileged",
+    ),
+    (
+        "no-privileges",
+        lambda d: pod_of(d)["containers"][0]["securityContext"].update(capabilities={"add": ["SYS_ADMIN"]}),
+        "SYS_ADMIN",
+    ),
+    (
+        "no-privileges",
+        lambda d: pod_of(d)["containers"][0]["securityContext"].update(allowPrivilegeEscalation=True),
+        "escalation",
+    ),
+    ("pinned-images", lambda d: pod_of(d)["containers"][0].update(image="vision:latest"), "latest"),
+    ("pinned-images", lambda d: pod_of(d)["containers"][0].update(image="vision"), "no tag"),
+    (
+        "memory-limit",
+        lambda d: pod_of(d)["containers"][0]["resources"]["limits"].pop("memory"),
+        "limits.memory",
+    ),
+    (
+        "no-plain-secrets",
+        lambda d: pod_of(d)["containers"][0]["env"].append({"name": "DB_PASSWORD", "value": "hunter2"}),
+        "secretKeyRef",
+    ),
+    ("host-paths-under-root", lambda d: pod_of(d)["volumes"][0]["hostPath"].update(path="/etc"), "/etc"),
+    (
+        "gpu-requests-match-profile",
+        lambda d: pod_of(d)["containers"][0]["resources"]["limits"].pop("nvidia.com/gpu"),
+        "without a limit",
+    ),
+    (
+        "gpu-requests-match-profile",
+        lambda d: pod_of(d)["containers"][0]["resources"]["requests"].update({"nvidia.com/gpu": "2"}),
+        "differs from its limit",
+    ),
+    (
+        "gpu-requests-match-profile",
+        lambda d: pod_of(d)["nodeSelector"].update({"nvidia.com/gpu.product": "Tesla-P40"}),
+        "is not a NVIDIA H100",
+    ),
+]
+
+
+@pytest.mark.parametrize(("rule_name", "edit", "expected"), K8S_CASES, ids=[c[2] for c in K8S_CASES])
+def test_k8s_pod_rules(rule_name: str, edit: Callable[[dict[str, Any]], object], expected: str) -> None:
+    props = deployment()
+    edit(props)
+    messages = check_rule(RULES_BY_NAME[rule_name], DEPLOYMENT, props, H100, name="vision")
+    assert any(expected in m for m in messages), messages
+    assert all(m.startswith("Deployment vision") for m in messages)
+
+
+def test_k8s_gpu_and_mig_against_the_profile() -> None:
+    on_cpu = StackContext(profile="cpu", root="/srv/ai4thai")
+    assert any("profile cpu has no GPU" in m for m in check_resource(DEPLOYMENT, deployment(), on_cpu))
+
+    mig = deployment()
+    limits = pod_of(mig)["containers"][0]["resources"]["limits"]
+    requests = pod_of(mig)["containers"][0]["resources"]["requests"]
+    for table in (limits, requests):
+        table.pop("nvidia.com/gpu")
+        table["nvidia.com/mig-1g.10gb"] = "1"
+    pod_of(mig)["nodeSelector"]["nvidia.com/gpu.product"] = "NVIDIA-H100-80GB-HBM3-MIG-1g.10gb"
+    assert check_resource(DEPLOYMENT, mig, H100) == []
+    on_a4000 = StackContext(profile="a4000", root="/srv/ai4thai")
+    messages = check_rule(RULES_BY_NAME["mig-only-on-h100"], DEPLOYMENT, mig, on_a4000, name="vision")
+    assert messages == [
+        "Deployment vision: MIG nvidia.com/mig-1g.10gb requested on a NVIDIA RTX A4000 (profile a4000); "
+        "MIG exists only on h100"
+    ]
+
+
+def test_k8s_labels_carry_the_profile() -> None:
+    props = deployment()
+    props["spec"]["template"]["metadata"]["labels"][v.LABEL_PROFILE] = "cpu"
+    messages = check_resource(DEPLOYMENT, props, StackContext(profile="h100", root="/srv/ai4thai"))
+    assert any("profile cpu has no GPU" in m for m in messages)
+
+
+# ---------------------------------------------------------------- the policy SDK path
+def wire(value: Any) -> Any:
+    """Offline-plan placeholders -> what the engine sends: unknown sentinels (secrets come in clear)."""
+    if isinstance(value, dict):
+        return {k: wire(item) for k, item in value.items()}
+    if isinstance(value, list):
+        return [wire(item) for item in value]
+    return UNKNOWN_STRING_VALUE if value == v.UNKNOWN else value
+
+
+def test_to_plain_turns_unknowns_into_placeholders() -> None:
+    props = unknown_checking_proxy({"image": UNKNOWN_STRING_VALUE, "memory": 2048.0, "envs": ["A=1"]})
+    with pytest.raises(UnknownValueError):
+        _ = props["image"]
+    assert v.to_plain(props, (UnknownValueError,)) == {"image": v.UNKNOWN, "memory": 2048, "envs": ["A=1"]}
+
+
+def analyze(props: dict[str, Any], context: StackContext, type_: str = v.CONTAINER) -> list[Any]:
+    """Run every rule through pulumi_policy's own analyzer servicer, as the engine's Analyze call would."""
+    policies: list[Policy] = [
+        ResourceValidationPolicy(
+            name=rule.name,
+            description=rule.description,
+            validate=v.validate_with(rule, lambda: context, (UnknownValueError,)),
+        )
+        for rule in RULES
+    ]
+    servicer = _PolicyAnalyzerServicer("gpu-deploy", "0.0.1", policies, EnforcementLevel.MANDATORY)
+    properties = struct_pb2.Struct()
+    properties.update(wire(props))
+    request = proto.AnalyzeRequest(type=type_, urn=f"urn:pulumi:t::gpu-deploy::{type_}::r", name="r")
+    request.properties.CopyFrom(properties)
+    call: Callable[..., Any] = servicer.Analyze
+    response = call(request, None)
+    return list(response.diagnostics)
+
+
+def test_sdk_path_passes_a_shipped_container_with_unknowns() -> None:
+    props = copy.deepcopy(resource(*APP).inputs)
+    props["image"] = v.UNKNOWN  # not known during preview
+    assert analyze(props, context_of("prod")) == []
+
+
+def test_sdk_path_reports_mandatory_violations() -> None:
+    props = copy.deepcopy(resource(*APP).inputs)
+    props["image"] = v.UNKNOWN
+    props["user"] = "0:0"
+    diagnostics = analyze(props, context_of("prod"))
+    assert [d.policyName for d in diagnostics] == ["non-root-user"]
+    assert diagnostics[0].enforcementLevel == proto.MANDATORY
+    assert "Container r (prod-app): runs as root" in diagnostics[0].message
+
+
+# ---------------------------------------------------------------- the pack as the engine starts it
+def test_pack_files() -> None:
+    doc = yaml.safe_load((POLICY_DIR / "PulumiPolicy.yaml").read_text())
+    assert doc["runtime"]["name"] == "python"
+    assert doc["runtime"]["options"]["virtualenv"] == "venv"
+    assert doc["description"]
+    requirements = (POLICY_DIR / "requirements.txt").read_text()
+    assert "pulumi-policy>=1.21,<2" in requirements
+
+
+def test_pack_serves_every_rule_over_grpc() -> None:
+    """`python -m pulumi.policy ENGINE .` in policy/, as pulumi-analyzer-policy-python runs it."""
+    _, config, _ = read_stack_config(PROJECT_DIR, "prod")
+    env = {**os.environ, "PULUMI_CONFIG": json.dumps(config), "PULUMI_STACK": "prod"}
+    pack = subprocess.Popen(
+        [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "."],
+        cwd=POLICY_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert pack.stdout is not None
+        port = pack.stdout.readline().strip()
+        assert port.isdigit(), pack.stderr.read() if pack.stderr else port
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = analyzer_pb2_grpc.AnalyzerStub(channel)
+            info = stub.GetAnalyzerInfo(empty_pb2.Empty(), timeout=20)
+            assert info.name == "gpu-deploy"
+            assert sorted(p.name for p in info.policies) == sorted(RULES_BY_NAME)
+            assert {p.enforcementLevel for p in info.policies} == {proto.MANDATORY}
+
+            props = copy.deepcopy(resource(*APP).inputs)
+            props["mounts"][0]["source"] = "/etc"  # the root comes from PULUMI_CONFIG / the labels
+            properties = struct_pb2.Struct()
+            properties.update(wire(props))
+            request = proto.AnalyzeRequest(
+                type=v.CONTAINER, urn="urn:pulumi:prod::gpu-deploy::x::app", name="app"
+            )
+            request.properties.CopyFrom(properties)
+            response = stub.Analyze(request, timeout=20)
+            assert [d.policyName for d in response.diagnostics] == ["host-paths-under-root"]
+    finally:
+        pack.kill()
+        pack.wait(timeout=10)
