@@ -6,8 +6,9 @@ Creates one `docker.Container`:
 - bind mounts, health check (and `wait` until healthy), memory limit, shm size, a numeric non-root user,
   all capabilities dropped and no-new-privileges, restart and json-file log rotation;
 - `delete_before_replace`, so a replaced container frees its GPU memory before the new one starts.
-A one-shot job (a migration) is attached: `pulumi up` waits for it to exit, and `succeeded` fails the
-update when it exits non-zero, so nothing that depends on it starts.
+A one-shot job (a migration) is attached: `pulumi up` waits for it to exit, and a non-zero exit fails the
+update before anything that depends on it starts. With `keep_image` (a rollback to a pinned tag) the job
+ignores the image change, so a migration never runs backwards.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class GpuContainerArgs:
     one_shot: bool = False
     labels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     must_succeed: Sequence[pulumi.Output[int]] = ()  # exit codes of jobs this one waits for
+    keep_image: bool = False  # a job that already ran keeps its image: a rollback never re-runs it
 
 
 def device_requests(gpu: GpuRequest) -> list[docker.ContainerDeviceRequestArgs]:
@@ -171,7 +173,9 @@ class GpuContainer(pulumi.ComponentResource):
             log_driver="json-file",
             log_opts=LOG_OPTIONS,
             labels=label_args,
-            opts=child_options(self, opts, delete_before_replace=True),
+            opts=child_options(
+                self, opts, delete_before_replace=True, ignore_changes=["image"] if args.keep_image else None
+            ),
         )
         self.exit_code = self.container.exit_code
         self.register_outputs({"name": self.container.name, "image": args.image})

@@ -202,9 +202,10 @@ def deploy(stack: ResolvedStack) -> None:
     host = DockerHost("host", ssh=ssh, network_name=f"gpu-deploy-{stack.stack}")
     on_host = pulumi.ResourceOptions(providers=[host.provider], depends_on=after_host)
 
-    # 3. Host directories behind bind mounts, one command per owner.
+    # 3. Host directories behind bind mounts, one command per owner; disabled services' too, so stopping
+    #    a service (enabled: false) changes nothing about its data.
     paths_by_owner: dict[UserSpec, set[str]] = {}
-    for svc in services.values():
+    for svc in config.services.values():
         for volume in svc.volumes:
             paths_by_owner.setdefault(svc.user, set()).add(volume.host_path(target.root))
     directories = {
@@ -246,6 +247,7 @@ def deploy(stack: ResolvedStack) -> None:
             healthcheck=healthcheck_spec(svc.healthcheck) if svc.healthcheck else None,
             restart=svc.effective_restart,
             one_shot=svc.one_shot,
+            keep_image=svc.one_shot and bool(config.image and config.image.tag),
             labels={
                 "io.gpu-deploy.stack": stack.stack,
                 "io.gpu-deploy.service": name,

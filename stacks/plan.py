@@ -156,6 +156,7 @@ class RecordingMonitor(mocks.MockMonitor):
                     "deleteBeforeReplace": bool(request.deleteBeforeReplace),
                     "retainOnDelete": bool(request.retainOnDelete),
                     "provider": _provider_urn(request.provider),
+                    "ignoreChanges": sorted(request.ignoreChanges),
                 },
             )
         )

@@ -353,6 +353,7 @@ def test_plan_cli_json_is_one_object_with_the_documented_shape() -> None:
             "deleteBeforeReplace",
             "retainOnDelete",
             "provider",
+            "ignoreChanges",  # beyond the documented five: what the offline diff needs to judge a change
         }
 
 
