@@ -8,6 +8,7 @@ on its own against any URL::
     python3 smoke.py --base-url http://127.0.0.1:3000 --checks-file checks.json \
         [--deadline 180] [--interval 2] [--container NAME] [--docker docker] [--verbose]
     python3 smoke.py --base-url http://127.0.0.1:3000 --checks '[{"http": {"path": "/api/health"}}]'
+    python3 smoke.py --base-url http://127.0.0.1:3000 --checks-file - < checks.json
 
 Checks file: a JSON list; each item holds exactly one of ``http``, ``file`` or ``gpu``::
 
@@ -17,6 +18,7 @@ Checks file: a JSON list; each item holds exactly one of ``http``, ``file`` or `
               "headers": {"Authorization": "Bearer ..."},     # optional request headers
               "status": 200,                                  # int or list of ints, default 200
               "json": {"audioUrl": "string", "duration": "number", "data.items": "array"},
+              "equals": {"status": "ok"},                     # fields that must have exactly this value
               "saveAs": "tts"}}                               # remember the parsed JSON body
     {"file": {"path": "/app/public{tts.audioUrl}"}}           # must exist in the container
     {"gpu": {"command": ["nvidia-smi"]}}                      # must exit 0 in the container
@@ -141,6 +143,7 @@ class HttpCheck:
     headers: dict[str, str] = field(default_factory=dict)
     status: tuple[int, ...] = (200,)
     json_spec: dict[str, str] | None = None
+    equals: dict[str, Any] | None = None
     save_as: str | None = None
 
     def label(self) -> str:
@@ -248,6 +251,18 @@ def validate_json(body: Any, spec: dict[str, str]) -> list[str]:
             problems.append(f"missing field '{dotted}'")
         elif not matches_type(value, expected):
             problems.append(f"field '{dotted}' is {type_name(value)}, expected {expected}")
+    return problems
+
+
+def validate_equals(body: Any, expected: dict[str, Any]) -> list[str]:
+    """Problems with a parsed JSON body against {"dotted.field": exact value}; e.g. {"cuda": true}."""
+    problems: list[str] = []
+    for dotted, wanted in expected.items():
+        value = lookup(body, dotted)
+        if value is _MISSING:
+            problems.append(f"missing field '{dotted}'")
+        elif value != wanted or isinstance(value, bool) != isinstance(wanted, bool):
+            problems.append(f"field '{dotted}' is {json.dumps(value)}, expected {json.dumps(wanted)}")
     return problems
 
 
@@ -409,7 +424,7 @@ def parse_checks(raw: Any) -> list[Check]:
 
 
 def _parse_http(spec: dict[str, Any], outer_save: Any, where: str) -> HttpCheck:
-    known = {"method", "path", "body", "headers", "status", "json", "saveAs"}
+    known = {"method", "path", "body", "headers", "status", "json", "equals", "saveAs"}
     _expect(set(spec) <= known, where, f"unknown http keys {sorted(set(spec) - known)}")
     path = spec.get("path")
     if not isinstance(path, str) or not path:
@@ -438,6 +453,8 @@ def _parse_http(spec: dict[str, Any], outer_save: Any, where: str) -> HttpCheck:
                 where,
                 f"field '{name}': type must be one of {', '.join(JSON_TYPES)}",
             )
+    equals = spec.get("equals")
+    _expect(equals is None or isinstance(equals, dict), where, "http 'equals' must map field names to values")
     inner_save = spec.get("saveAs")
     _expect(inner_save is None or outer_save is None, where, "give saveAs once")
     save_as = _save_name(inner_save if inner_save is not None else outer_save, where)
@@ -448,6 +465,7 @@ def _parse_http(spec: dict[str, Any], outer_save: Any, where: str) -> HttpCheck:
         headers=dict(headers),
         status=tuple(statuses),
         json_spec=dict(json_spec) if json_spec is not None else None,
+        equals=dict(equals) if equals is not None else None,
         save_as=save_as,
     )
 
@@ -662,12 +680,14 @@ class SmokeRunner:
         if len(response.body) > MAX_BODY_BYTES:
             return Outcome(MALFORMED, f"body larger than {MAX_BODY_BYTES} bytes", status, text)
         parsed: Any = None
-        if check.json_spec is not None or check.save_as:
+        if check.json_spec is not None or check.equals is not None or check.save_as:
             try:
                 parsed = json.loads(text)
             except ValueError:
                 return Outcome(MALFORMED, "body is not JSON", status, text)
-            problems = validate_json(parsed, check.json_spec or {})
+            problems = validate_json(parsed, check.json_spec or {}) + validate_equals(
+                parsed, check.equals or {}
+            )
             if problems:
                 return Outcome(MALFORMED, "; ".join(problems), status, text)
         return Outcome(OK, status=status, body=text, saved=parsed)
@@ -751,7 +771,9 @@ def load_config(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Check]]:
         raise ConfigError(f"--base-url must be an http(s) URL, got {mask_url(args.base_url)!r}")
     if args.deadline <= 0 or args.interval < 0:
         raise ConfigError("--deadline must be > 0 and --interval >= 0")
-    if args.checks_file is not None:
+    if args.checks_file == "-":  # from stdin: keeps request headers off the command line
+        text = sys.stdin.read()
+    elif args.checks_file is not None:
         try:
             with open(args.checks_file, encoding="utf-8") as handle:
                 text = handle.read()

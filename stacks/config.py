@@ -29,6 +29,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from components import smoke
 from components.profiles import PROFILES, GpuProfile
 from components.specs import GpuRequest, PortMapping, UserSpec, VolumeMount
 
@@ -347,6 +348,12 @@ class Healthcheck(Model):
         return self
 
 
+def smoke_checks(checks: list[dict[str, Any]], *, gpu: bool) -> list[dict[str, Any]]:
+    """The runner's checks for a target: `whenGpu` ones and GPU checks only where there is a GPU."""
+    kept = [c for c in checks if gpu or not (c.get("whenGpu") or "gpu" in c)]
+    return [{k: v for k, v in c.items() if k != "whenGpu"} for c in kept]
+
+
 class ProvisionConfig(Model):
     """How the host is made ready (issue: host provisioning); defaults only verify."""
 
@@ -387,6 +394,20 @@ class Service(Model):
     enabled: bool = True
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
     driver_capabilities: str | None = None  # NVIDIA_DRIVER_CAPABILITIES; the profile's default otherwise
+    smoke: list[dict[str, Any]] = Field(default_factory=list)  # components/smoke.py checks (+ whenGpu)
+    smoke_deadline: DurationField = 180
+
+    @field_validator("smoke")
+    @classmethod
+    def _smoke_checks_parse(cls, checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, check in enumerate(checks):
+            if not isinstance(check.get("whenGpu", False), bool):
+                raise _KeyedError(f"{index}.whenGpu", "expected true or false")
+        try:
+            smoke.parse_checks(smoke_checks(checks, gpu=True))
+        except smoke.ConfigError as err:
+            raise ValueError(f"not a smoke check list: {err}") from None
+        return checks
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -442,6 +463,12 @@ class StackConfig(Model):
                 )
             if any(v.is_relative for v in svc.volumes) and self.target.root is None:
                 raise _KeyedError(f"{key}.volumes", "relative host paths need target.root")
+            if any("http" in check for check in svc.smoke) and not svc.ports:
+                raise _KeyedError(f"{key}.smoke", "HTTP smoke checks need a published port (ports)")
+            if svc.one_shot and svc.smoke:
+                raise _KeyedError(
+                    f"{key}.smoke", "a one-shot job has nothing to smoke-test once it has exited"
+                )
             if svc.one_shot and svc.healthcheck is not None:
                 raise _KeyedError(
                     f"{key}.healthcheck", "a one-shot job runs to completion; it has no health check"

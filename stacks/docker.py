@@ -20,8 +20,9 @@ from components.gpu_container import GpuContainer, GpuContainerArgs, Healthcheck
 from components.gpu_host import GpuHost, PreflightRequest, Provisioning
 from components.host_dirs import HostDirectories
 from components.profiles import PROFILES, GpuProfile
+from components.smoke_test import SmokeSpec, SmokeTest
 from components.specs import NO_GPU, UserSpec
-from stacks.config import DockerTarget, Healthcheck, ImageConfig, ResolvedStack, Service
+from stacks.config import DockerTarget, Healthcheck, ImageConfig, ResolvedStack, Service, smoke_checks
 
 BUILD = "build"
 DEFAULT_DRIVER_BRANCH = "580"
@@ -90,6 +91,15 @@ def image_naming(
     if (recipe.context, recipe.dockerfile) == (main.context, main.dockerfile) and recipe.target:
         return f"image-{recipe.target}", image.repository, f"-{recipe.target}"
     return f"image-{service}", f"{image.repository}-{service}", ""
+
+
+def base_url(svc: Service) -> str:
+    """Where the smoke runner on the host reaches the service: its first published port."""
+    if not svc.ports:
+        return "http://127.0.0.1"
+    port = svc.ports[0]
+    host = port.host_ip if port.host_ip not in ("", "0.0.0.0") else "127.0.0.1"  # noqa: S104 - a bind address
+    return f"http://{f'[{host}]' if ':' in host else host}:{port.host_port}"
 
 
 def provisioning(stack: ResolvedStack) -> Provisioning:
@@ -263,6 +273,19 @@ def deploy(stack: ResolvedStack) -> None:
             args,
             opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=waits_for)),
         )
+
+    # 6. Smoke tests on the host, once every service is up (healthy where it has a health check).
+    everything: list[pulumi.Resource] = list(containers.values())
+    for name, svc in services.items():
+        checks = smoke_checks(svc.smoke, gpu=gpu_available)
+        if checks:
+            SmokeTest(
+                f"smoke-{name}",
+                spec=SmokeSpec(name, f"{stack.stack}-{name}", base_url(svc), checks, svc.smoke_deadline),
+                connection=connection,
+                replaced_with=[containers[name].container.id],
+                opts=pulumi.ResourceOptions(depends_on=everything),
+            )
 
     pulumi.export("profile", profile_key)
     pulumi.export("target", "local" if target.is_local else target.host)

@@ -302,6 +302,7 @@ def configure_runtime(
         )
     )
     settings.set_root_resource(None)  # type: ignore[arg-type]
+    settings.SETTINGS.outputs = set()  # MockSettings keeps the last run's (maybe failed) tasks otherwise
     runtime_config.set_all_config(config, secret_keys)
 
 

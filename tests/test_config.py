@@ -176,7 +176,7 @@ def test_auto_profile() -> None:
         (
             "services.app.bogus",
             "build, command, dependsOn, driverCapabilities, enabled, env, gpu, healthcheck, image, "
-            "memory, oneShot, ports, restart, secretEnv, shmSize, user, volumes",
+            "memory, oneShot, ports, restart, secretEnv, shmSize, smoke, smokeDeadline, user, volumes",
         ),
         ("services.app.healthcheck.bogus", "command, http, interval, retries, startPeriod, timeout"),
         ("services.app.healthcheck.http.bogus", "path, port"),

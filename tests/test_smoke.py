@@ -571,3 +571,51 @@ def test_runner_gives_late_check_one_attempt() -> None:
     runner, timeouts, _, _ = fake_runner(fake, [smoke.HttpResponse(200, b'{"ok": false}')], deadline=0.01)
     assert runner.run() == 0
     assert timeouts == [smoke.MIN_ATTEMPT_TIMEOUT]
+
+
+def test_validate_equals_exact_values() -> None:
+    body = {"cuda": True, "gpus": [{"name": "NVIDIA A2"}], "count": 1}
+    assert smoke.validate_equals(body, {"cuda": True, "gpus.0.name": "NVIDIA A2", "count": 1}) == []
+    assert smoke.validate_equals(body, {"cuda": False, "count": True, "nope": 1}) == [
+        "field 'cuda' is true, expected false",
+        "field 'count' is 1, expected true",
+        "missing field 'nope'",
+    ]
+
+
+def test_equals_check_against_a_real_server(server: Server, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_main(
+        capsys, server.url, [{"http": {"path": "/api/health", "equals": {"status": "ok"}}}]
+    )
+    assert code == 0, err
+    code, _, err = run_main(
+        capsys, server.url, [{"http": {"path": "/api/health", "equals": {"status": "up"}}}]
+    )
+    assert code == smoke.EXIT_MALFORMED
+    assert 'field \'status\' is "ok", expected "up"' in err
+
+
+def test_checks_from_stdin_in_a_real_subprocess(server: Server) -> None:
+    import subprocess
+    import sys
+
+    checks = json.dumps([{"http": {"path": "/api/health", "headers": {"Authorization": "Bearer s3cret"}}}])
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(Path(smoke.__file__)),
+            "--base-url",
+            server.url,
+            "--checks-file",
+            "-",
+            "--deadline",
+            "5",
+        ],
+        input=checks,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("PASS http GET /api/health 200")
+    assert server.requests[-1]["headers"]["Authorization"] == "Bearer s3cret"
