@@ -159,10 +159,11 @@ def check_args(args: GpuWorkloadArgs) -> None:
         raise ValueError(f"{args.name}: cpu_fallback is for GPU workloads; this one asks for gpu 0")
     if not args.cpu_fallback and (args.cpu_image or args.cpu_env or args.cpu_replicas):
         raise ValueError(f"{args.name}: cpu_image/cpu_env/cpu_replicas need cpu_fallback true")
-    for keys, what in ((args.env, "env"), (args.cpu_env, "cpu_env")):
-        clash = sorted(set(keys) & set(args.secret_env))
-        if clash:
-            raise ValueError(f"{args.name}: {', '.join(clash)} in both {what} and secret_env")
+    # cpu_env may override a secret_env key in the fallback (a stack whose services hold a secure
+    # value keeps every env value secret, USE_GPU included); env and secret_env must not overlap.
+    clash = sorted(set(args.env) & set(args.secret_env))
+    if clash:
+        raise ValueError(f"{args.name}: {', '.join(clash)} in both env and secret_env")
     for port in args.ports:
         if not 0 < port < 65536:
             raise ValueError(f"{args.name}: port {port} is out of range")
@@ -359,6 +360,7 @@ class GpuWorkload(pulumi.ComponentResource):
                     ),
                 )
                 for key in sorted(self._args.secret_env)
+                if key not in overrides  # the fallback's own plain value wins
             ]
         return env
 

@@ -18,7 +18,15 @@ from stacks.config import (
     validate_with_secrets,
 )
 
-TARGETS: dict[str, Callable[[ResolvedStack], None]] = {"docker": docker.deploy}
+
+def _kubernetes(stack: ResolvedStack) -> None:
+    """Imported on use: a Docker stack never loads pulumi_kubernetes."""
+    from stacks import kubernetes  # noqa: PLC0415
+
+    kubernetes.deploy(stack)
+
+
+TARGETS: dict[str, Callable[[ResolvedStack], None]] = {"docker": docker.deploy, "kubernetes": _kubernetes}
 
 
 def detect_local_profile() -> str:

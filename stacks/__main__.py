@@ -2,6 +2,8 @@
 
     python -m stacks plan STACK [--config-file FILE] [--json] [--preview]
     python -m stacks list
+    python -m stacks diff STACK (--config-file OTHER | --against GIT_REF) [--json]
+    python -m stacks render STACK --out DIR [--config-file FILE]
 
 Exit codes: 0 success, 2 a config error (one line on stderr naming the key), 1 anything else.
 """
@@ -19,6 +21,7 @@ import yaml
 
 from stacks import load
 from stacks.config import ConfigError
+from stacks.diff import DiffConfigError, DiffError, diff_plans, empty_plan, plan_at, render_text
 from stacks.plan import PROJECT_DIR, Plan, PlanError, PlannedResource, execute, list_stacks, prepare
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -132,6 +135,45 @@ def cmd_list(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Before -> after: STACK's own file -> OTHER, or the repository at GIT_REF -> the working tree."""
+    stack: str = args.stack
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    try:
+        if args.config_file:
+            before = run_plan(stack, None, preview=False).as_json()
+            after = run_plan(stack, Path(args.config_file), preview=False).as_json()
+        else:
+            before = plan_at(PROJECT_DIR, args.against, stack)
+            here = (PROJECT_DIR / f"Pulumi.{stack}.yaml").is_file()
+            after = run_plan(stack, None, preview=False).as_json() if here else None
+            if before is None and after is None:
+                raise PlanError(f"no stack {stack} at {args.against} nor in the working tree")
+    except DiffConfigError as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_CONFIG
+    except DiffError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    diff = diff_plans(before or empty_plan(stack), after or empty_plan(stack), stack)
+    print(json.dumps(diff.as_json(), indent=2, sort_keys=True) if args.json else render_text(diff))
+    return EXIT_OK
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Every Kubernetes object of the plan as DIR/<kind>-<name>.yaml (Helm releases: DIR/helm/)."""
+    from stacks import render  # noqa: PLC0415 (only this command needs it)
+
+    config_file = Path(args.config_file) if args.config_file else None
+    rendered = render.render(run_plan(args.stack, config_file, preview=False))
+    for path in render.write(rendered, Path(args.out)):
+        print(path)
+    for note in rendered.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m stacks", description="gpu-deploy offline tools")
     sub = top.add_subparsers(dest="command", required=True)
@@ -143,6 +185,18 @@ def parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=cmd_plan)
     listing = sub.add_parser("list", help="each stack with its profile and target")
     listing.set_defaults(func=cmd_list)
+    diff = sub.add_parser("diff", help="what a change would create, replace, update or delete, offline")
+    diff.add_argument("stack")
+    other = diff.add_mutually_exclusive_group(required=True)
+    other.add_argument("--config-file", help="after: this stack config file (before: Pulumi.STACK.yaml)")
+    other.add_argument("--against", metavar="GIT_REF", help="before: the repository at GIT_REF")
+    diff.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    diff.set_defaults(func=cmd_diff)
+    render = sub.add_parser("render", help="the Kubernetes objects a kubernetes stack applies, as YAML files")
+    render.add_argument("stack")
+    render.add_argument("--out", required=True, help="directory for <kind>-<name>.yaml (new or empty)")
+    render.add_argument("--config-file", help="a stack config file instead of Pulumi.STACK.yaml")
+    render.set_defaults(func=cmd_render)
     return top
 
 

@@ -11,11 +11,11 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from types import UnionType
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
 from pulumi.runtime import config as runtime_config
 from pydantic import (
@@ -32,6 +32,9 @@ from pydantic.alias_generators import to_camel
 from components import smoke
 from components.profiles import PROFILES, GpuProfile
 from components.specs import GpuRequest, PortMapping, UserSpec, VolumeMount
+
+if TYPE_CHECKING:
+    from components.k8s_cluster import SharingSpec
 
 NAMESPACE = "gpu-deploy"
 PROFILE_CHOICES = (*PROFILES, "auto")
@@ -328,6 +331,88 @@ class DockerTarget(Model):
         return self
 
 
+# ---------------------------------------------------------------- the Kubernetes target
+K8sName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+ChartVersion = Annotated[str, Field(pattern=r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")]
+Quantity = Annotated[str, Field(pattern=r"^[1-9]\d*(Ki|Mi|Gi|Ti)$")]  # a PVC size: 10Gi
+RESERVED_K8S_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+class KubernetesTarget(Model):
+    """A cluster reached through an explicit provider: this kubeconfig (or the default file), this context."""
+
+    kind: Literal["kubernetes"]
+    kubeconfig: str | None = None  # a path or the file's contents (a secret); None: ~/.kube/config
+    context: Annotated[str, Field(min_length=1)]  # required: never whatever context is current
+    namespace: K8sName  # the services' namespace; created by the stack
+    distribution: Literal["microk8s", "generic"] = "generic"
+    version: Annotated[str, Field(pattern=r"^1\.\d{1,2}(\.\d{1,3})?$")]  # "1.30": the schema checked
+    storage_class: str | None = None  # for PersistentVolumeClaims; None: the cluster's default class
+    root: str | None = None  # where hostPath volumes may live on the nodes
+
+    @property
+    def is_local(self) -> bool:
+        return False
+
+    @property
+    def kubeconfig_is_inline(self) -> bool:
+        """Whether `kubeconfig` is the file's contents (a credential) rather than a path."""
+        text = self.kubeconfig or ""
+        return "\n" in text or text.lstrip().startswith(("apiVersion", "{"))
+
+    @field_validator("namespace")
+    @classmethod
+    def _own_namespace(cls, namespace: str) -> str:
+        if namespace in RESERVED_K8S_NAMESPACES:
+            raise ValueError(f"the stack creates its namespace; {namespace!r} is the cluster's own: pick one")
+        return namespace
+
+    @field_validator("root")
+    @classmethod
+    def _root_absolute(cls, root: str | None) -> str | None:
+        if root is not None and (
+            not root.startswith("/") or root.rstrip("/") == "" or ".." in root.split("/")
+        ):
+            raise ValueError(f"expected an absolute directory other than /, got {_quote(root)}")
+        return root.rstrip("/") if root else root
+
+
+class ProductSharing(Model):
+    replicas: int  # nvidia.com/gpu advertised per physical GPU on nodes of this product
+
+
+class GpuSharingConfig(Model):
+    """How the NVIDIA device plugin shares each GPU (checked by components.k8s_cluster.validate_sharing)."""
+
+    strategy: Literal["none", "time-slicing", "mps", "mig"] | None = None  # None: the profile's default
+    replicas: int | None = None  # None: 2 with time-slicing or mps, else 1
+    rename_by_default: bool = False
+    fail_requests_greater_than_one: bool = False
+    mig_strategy: Literal["none", "single", "mixed"] = "none"
+    per_product: dict[str, ProductSharing] = Field(default_factory=dict)  # nvidia.com/gpu.product -> ...
+    gpus_per_node: int = Field(default=1, ge=1)  # physical GPUs on the GPU node (the capacity check)
+
+
+class GpuOperatorConfig(Model):
+    """The NVIDIA GPU Operator (or, disabled, the device plugin and DCGM exporter charts); versions pinned."""
+
+    enabled: bool = True
+    driver: bool = False  # the operator's driver container: off where the host has the driver
+    toolkit: bool = False  # the operator's toolkit container: off where the host has the toolkit
+    version: ChartVersion = "v25.3.0"  # gpu-operator chart
+    namespace: K8sName = "gpu-operator"  # the GPU components' own namespace, created by the stack
+    dcgm: bool = True  # DCGM exporter (:9400/metrics)
+    device_plugin_version: ChartVersion = "0.17.1"  # nvidia-device-plugin chart (enabled: false)
+    dcgm_version: ChartVersion = "4.1.3"  # dcgm-exporter chart (enabled: false)
+
+    @field_validator("namespace")
+    @classmethod
+    def _own_namespace(cls, namespace: str) -> str:
+        if namespace in RESERVED_K8S_NAMESPACES:
+            raise ValueError(f"the stack creates its namespace; {namespace!r} is the cluster's own: pick one")
+        return namespace
+
+
 class HttpCheck(Model):
     path: Annotated[str, Field(pattern=r"^/")]
     port: int = Field(ge=1, le=65535)
@@ -393,6 +478,15 @@ class Service(Model):
     one_shot: bool = False
     enabled: bool = True
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    # Kubernetes only (KUBERNETES_SERVICE_KEYS; refused on a Docker target):
+    replicas: int = Field(default=1, ge=0)  # pods of the service
+    cpu: Annotated[str, Field(pattern=r"^(\d+(\.\d+)?|\d+m)$")] | None = None  # CPU request: "2", "500m"
+    cpu_fallback: bool = False  # declare a CPU Deployment `<name>-cpu` beside the GPU one
+    cpu_image: ImageRefField | None = None  # the fallback's image (a CPU build); None: the same image
+    cpu_env: dict[str, EnvValue] = Field(default_factory=dict)  # the fallback's env overrides
+    run_on: Literal["gpu", "cpu"] = "gpu"  # cpu: the fallback runs, the GPU Deployment scales to 0
+    mig_profile: Annotated[str, Field(pattern=r"^\d+g\.\d+gb$")] | None = None  # gpu counts MIG instances
+    storage: dict[str, Quantity] = Field(default_factory=dict)  # PVC size per named volume: {models: 10Gi}
     driver_capabilities: str | None = None  # NVIDIA_DRIVER_CAPABILITIES; the profile's default otherwise
     smoke: list[dict[str, Any]] = Field(default_factory=list)  # components/smoke.py checks (+ whenGpu)
     smoke_deadline: DurationField = 180
@@ -416,7 +510,7 @@ class Service(Model):
             return {str(v): "started" for v in value}
         return value
 
-    @field_validator("env")
+    @field_validator("env", "cpu_env")
     @classmethod
     def _plain_env_is_not_secret(cls, env: dict[str, str]) -> dict[str, str]:
         for key, value in env.items():
@@ -437,10 +531,12 @@ class Service(Model):
 
 class StackConfig(Model):
     profile: Literal["p40", "a2", "a4000", "h100", "cpu", "auto"]
-    target: DockerTarget
+    target: Annotated[DockerTarget | KubernetesTarget, Field(discriminator="kind")]
     cuda: CudaOverrides = CudaOverrides()
     image: ImageConfig | None = None
     provision: ProvisionConfig = ProvisionConfig()
+    gpu_sharing: GpuSharingConfig | None = None  # kubernetes only
+    gpu_operator: GpuOperatorConfig | None = None  # kubernetes only
     services: dict[Name, Service]
 
     @field_validator("services")
@@ -452,6 +548,7 @@ class StackConfig(Model):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackConfig:
+        _check_target_kind(self)  # first: a kubernetes stack explains "build" and volumes its own way
         enabled = {n for n, s in self.services.items() if s.enabled}
         for name, svc in self.services.items():
             key = f"services.{name}"
@@ -461,7 +558,11 @@ class StackConfig(Model):
                 raise _KeyedError(
                     f"{key}.build", f'only a service with image: "build" is built (image is {svc.image})'
                 )
-            if any(v.is_relative for v in svc.volumes) and self.target.root is None:
+            if (
+                isinstance(self.target, DockerTarget)
+                and any(v.is_relative for v in svc.volumes)
+                and self.target.root is None
+            ):
                 raise _KeyedError(f"{key}.volumes", "relative host paths need target.root")
             if any("http" in check for check in svc.smoke) and not svc.ports:
                 raise _KeyedError(f"{key}.smoke", "HTTP smoke checks need a published port (ports)")
@@ -495,6 +596,8 @@ class StackConfig(Model):
                     raise _KeyedError(
                         f"services.{name}.gpu", 'profile cpu has no GPU: use gpu: none (or profile "auto")'
                     )
+        if isinstance(self.target, KubernetesTarget):
+            _check_kubernetes_gpus(self)
         return self
 
 
@@ -524,6 +627,254 @@ def _check_acyclic(graph: Mapping[str, list[str]]) -> None:
 
     for node in sorted(graph):
         visit(node, [])
+
+
+# ---------------------------------------------------------------- target kinds
+# Keys only a Kubernetes target understands (field names; the messages use the camelCase keys).
+KUBERNETES_STACK_KEYS = ("gpu_sharing", "gpu_operator")
+KUBERNETES_SERVICE_KEYS = (
+    "replicas",
+    "cpu",
+    "cpu_fallback",
+    "cpu_image",
+    "cpu_env",
+    "run_on",
+    "mig_profile",
+    "storage",
+)
+_NO_BUILD = (
+    "a kubernetes stack deploys pinned images only: there is no build host to build on. "
+    "Build and push the image in CI, then pin its tag here"
+)
+_CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+def _alias(model: type[BaseModel], field: str) -> str:
+    return model.model_fields[field].alias or field
+
+
+def _check_target_kind(config: StackConfig) -> None:
+    """Keys only one target kind understands are refused on the other, each naming the key."""
+    if isinstance(config.target, KubernetesTarget):
+        _check_kubernetes(config, config.target)
+        return
+    for field in KUBERNETES_STACK_KEYS:
+        if field in config.model_fields_set:
+            raise _KeyedError(_alias(StackConfig, field), "a kubernetes setting; target.kind is docker")
+    for name, svc in config.services.items():
+        for field in KUBERNETES_SERVICE_KEYS:
+            if field in svc.model_fields_set:
+                raise _KeyedError(
+                    f"services.{name}.{_alias(Service, field)}", "a kubernetes setting; target.kind is docker"
+                )
+
+
+def _under(path: str, root: str) -> bool:
+    normal = str(PurePosixPath(path))
+    return normal == root or normal.startswith(root.rstrip("/") + "/")
+
+
+def _check_kubernetes(config: StackConfig, target: KubernetesTarget) -> None:
+    """What the Docker path means by a key that has no Kubernetes meaning is refused, naming the key."""
+    # Lazy: only a kubernetes stack loads pulumi_kubernetes (the Docker stacks' plan time stays as it is).
+    from components.k8s_workload import check_image_pinned  # noqa: PLC0415
+
+    if config.profile == "auto":
+        raise _KeyedError(
+            "profile",
+            "a kubernetes stack names its card (a2, h100, ...): auto is detected by the preflight on a "
+            "Docker host, not in a cluster",
+        )
+    if config.image is not None:
+        raise _KeyedError("image", f"{_NO_BUILD} (services.<name>.image)")
+    if "provision" in config.model_fields_set:
+        raise _KeyedError(
+            "provision",
+            "host provisioning runs over SSH on Docker hosts; on kubernetes the nodes keep their own "
+            "driver and toolkit (gpuOperator.driver and gpuOperator.toolkit install them in containers)",
+        )
+    operator = config.gpu_operator or GpuOperatorConfig()
+    if operator.namespace == target.namespace:
+        raise _KeyedError(
+            "gpuOperator.namespace",
+            f"the GPU components need a namespace of their own (privileged pods); {target.namespace} "
+            "is the services' (target.namespace)",
+        )
+    for name, svc in config.services.items():
+        _check_kubernetes_service(name, svc, target, check_image_pinned)
+
+
+def _check_kubernetes_service(
+    name: str, svc: Service, target: KubernetesTarget, check_image_pinned: Callable[[str], None]
+) -> None:
+    key = f"services.{name}"
+    if name.endswith("-"):
+        raise _KeyedError(key, "a Kubernetes object name ends with a letter or digit")
+    for field, image in (("image", svc.image), ("cpuImage", svc.cpu_image)):
+        if image == "build":
+            raise _KeyedError(f"{key}.{field}", _NO_BUILD)
+        if image is not None:
+            try:
+                check_image_pinned(image)
+            except ValueError as err:
+                raise _KeyedError(f"{key}.{field}", str(err)) from None
+    if svc.gpu.mode in ("all", "devices"):
+        raise _KeyedError(
+            f"{key}.gpu",
+            "on kubernetes gpu is a count of nvidia.com/gpu (the scheduler picks the devices; "
+            f"MIG instances: a count and migProfile), got {svc.gpu.mode}",
+        )
+    if svc.mig_profile is not None and svc.gpu.mode != "count":
+        raise _KeyedError(f"{key}.migProfile", "needs gpu: the count of MIG instances")
+    for port in svc.ports:
+        if port.host_port != port.container_port or port.host_ip or port.protocol != "tcp":
+            raise _KeyedError(
+                f"{key}.ports",
+                "on kubernetes a port is a TCP port of the service's ClusterIP Service, the same as "
+                f'the container\'s: write "{port.container_port}:{port.container_port}"',
+            )
+    claims: set[str] = set()
+    for volume in svc.volumes:
+        if volume.is_relative:
+            claim = volume.host.removeprefix("./")
+            if not _CLAIM_NAME.fullmatch(claim) or len(claim) > 40:
+                raise _KeyedError(
+                    f"{key}.volumes",
+                    "on kubernetes a relative volume names a PersistentVolumeClaim (a DNS label such "
+                    f"as models), got {_quote(volume.host)}",
+                )
+            if claim not in svc.storage:
+                raise _KeyedError(
+                    f"{key}.storage.{claim}",
+                    f"required: the size of the PersistentVolumeClaim behind volume {claim}, e.g. 10Gi",
+                )
+            claims.add(claim)
+        elif target.root is None or not _under(volume.host, target.root):
+            raise _KeyedError(
+                f"{key}.volumes",
+                f"hostPath {volume.host} must lie under target.root ({target.root or 'not set'}); "
+                "or name a PersistentVolumeClaim (a relative volume)",
+            )
+    for claim in svc.storage:
+        if claim not in claims:
+            raise _KeyedError(f"{key}.storage.{claim}", f"no volume {claim}:... in {key}.volumes")
+    if svc.one_shot:
+        raise _KeyedError(f"{key}.oneShot", "one-shot jobs are not supported on kubernetes yet")
+    if "restart" in svc.model_fields_set and svc.restart not in ("always", "unless-stopped"):
+        raise _KeyedError(f"{key}.restart", "the pods of a Deployment always restart; remove restart")
+    if svc.memory is None:
+        raise _KeyedError(
+            f"{key}.memory", "required on kubernetes: the pod's memory request and limit, e.g. 4g"
+        )
+    check = svc.healthcheck
+    if check is not None and not 1 <= check.timeout < check.interval:
+        raise _KeyedError(
+            f"{key}.healthcheck.timeout",
+            f"a probe's timeout is at least 1s and shorter than its interval ({check.interval}s)",
+        )
+    for env_key in svc.env:  # cpuEnv may override a secretEnv key in the CPU fallback
+        if env_key in svc.secret_env:
+            raise _KeyedError(f"{key}.secretEnv.{env_key}", "also set in env; keep one")
+    if svc.cpu_fallback and not svc.gpu.wants_gpu:
+        raise _KeyedError(f"{key}.cpuFallback", "is for a GPU service; this one has gpu: none")
+    if not svc.cpu_fallback:
+        for field in ("cpu_image", "cpu_env", "run_on"):
+            if field in svc.model_fields_set and getattr(svc, field) not in (None, {}, "gpu"):
+                raise _KeyedError(f"{key}.{_alias(Service, field)}", "needs cpuFallback: true")
+
+
+def kubernetes_sharing(config: StackConfig, profile: GpuProfile) -> SharingSpec:
+    """The device plugin's sharing spec: `gpuSharing` over the profile's default strategy."""
+    from components.k8s_cluster import SharingSpec  # noqa: PLC0415 (lazy, see _check_kubernetes)
+
+    wanted = config.gpu_sharing or GpuSharingConfig()
+    strategy = wanted.strategy or profile.k8s_sharing
+    replicas = wanted.replicas
+    if replicas is None:
+        replicas = 2 if strategy in ("time-slicing", "mps") else 1
+    return SharingSpec(
+        strategy=strategy,
+        replicas=replicas,
+        rename_by_default=wanted.rename_by_default,
+        fail_requests_greater_than_one=wanted.fail_requests_greater_than_one,
+        mig_strategy=wanted.mig_strategy,
+        per_product={product: o.replicas for product, o in wanted.per_product.items()},
+    )
+
+
+def kubernetes_gpu_demand(config: StackConfig) -> dict[str, tuple[int, str | None]]:
+    """service -> (GPU resources its running pods ask for, MIG profile) for GPU services on the GPU."""
+    return {
+        name: (svc.gpu.count * svc.replicas, svc.mig_profile)
+        for name, svc in config.services.items()
+        if svc.enabled and svc.gpu.mode == "count" and svc.run_on == "gpu"
+    }
+
+
+_SHARING_WORDS = (
+    ("replicas/per_product", "replicas/perProduct"),
+    ("sharing.per_product", "gpuSharing.perProduct"),
+    ("sharing.replicas", "gpuSharing.replicas"),
+    ("sharing.rename_by_default", "gpuSharing.renameByDefault"),
+    ("sharing.fail_requests_greater_than_one", "gpuSharing.failRequestsGreaterThanOne"),
+    ("mig_strategy", "migStrategy"),
+    ("gpus_per_node", "gpuSharing.gpusPerNode"),
+)
+
+
+def _sharing_problem(message: str) -> str:
+    for old, new in _SHARING_WORDS:
+        message = message.replace(old, new)
+    return message
+
+
+def _sharing_key(message: str, spec: SharingSpec) -> str:
+    """The gpuSharing key a validate_sharing message is about."""
+    product = re.search(r"per_product(?: key |\[)'([^']*)'", message)
+    if product:
+        return f"gpuSharing.perProduct.{product.group(1)}"
+    for needle, key in (
+        ("replicas/per_product", "gpuSharing.replicas" if spec.replicas != 1 else "gpuSharing.perProduct"),
+        ("sharing.replicas", "gpuSharing.replicas"),
+        ("rename_by_default", "gpuSharing.renameByDefault"),
+        ("fail_requests_greater_than_one", "gpuSharing.failRequestsGreaterThanOne"),
+        ("gpus_per_node", "gpuSharing.gpusPerNode"),
+        ("MPS does not work on MIG", "gpuSharing.migStrategy"),
+        ("strategy mig needs", "gpuSharing.migStrategy"),
+        ("has no MIG", "gpuSharing.strategy" if spec.strategy == "mig" else "gpuSharing.migStrategy"),
+    ):
+        if needle in message:
+            return key
+    return "gpuSharing.strategy"
+
+
+def _check_kubernetes_gpus(config: StackConfig) -> None:
+    """components.k8s_cluster.validate_sharing, its ValueError turned into the key it is about:
+    first the sharing setup alone (gpuSharing.*), then each GPU service's requests added in turn, so
+    the service that no longer fits is the one named (services.<name>.gpu)."""
+    from components.k8s_cluster import validate_sharing  # noqa: PLC0415 (lazy, see _check_kubernetes)
+
+    profile = PROFILES[config.profile]  # not auto: refused for kubernetes before this
+    spec = kubernetes_sharing(config, profile)
+    gpus = (config.gpu_sharing or GpuSharingConfig()).gpus_per_node
+    try:
+        validate_sharing(spec, profile, 0, gpus)
+    except ValueError as err:
+        raise _KeyedError(_sharing_key(str(err), spec), _sharing_problem(str(err))) from None
+    total = 0
+    mig: dict[str, int] = {}
+    for name, (count, mig_profile) in kubernetes_gpu_demand(config).items():
+        if mig_profile is None:
+            total += count
+        else:
+            resource = f"nvidia.com/mig-{mig_profile}"
+            mig[resource] = mig.get(resource, 0) + count
+        try:
+            validate_sharing(spec, profile, total, gpus, mig_requests=mig)
+        except ValueError as err:
+            message = str(err)
+            field = "migProfile" if "MIG profile" in message or "exists only" in message else "gpu"
+            raise _KeyedError(f"services.{name}.{field}", _sharing_problem(message)) from None
 
 
 # ---------------------------------------------------------------- resolution
@@ -631,9 +982,15 @@ def _to_config_error(err: ValidationError, raw: Mapping[str, Any]) -> ConfigErro
         return ConfigError(key, "required")
     if kind == "extra_forbidden":
         parent = loc[:-1]
-        allowed = _allowed_keys(parent)
+        allowed = _allowed_keys(parent, raw)
         hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
         return ConfigError(key, f"unknown key{hint}")
+    if kind in ("union_tag_not_found", "union_tag_invalid"):  # target.kind picks the target model
+        field = str(ctx.get("discriminator", "kind")).strip("'")
+        if kind == "union_tag_not_found":
+            return ConfigError(f"{key}.{field}", "required")
+        tags = ", ".join(f'"{t}"' for t in re.findall(r"'([^']*)'", str(ctx.get("expected_tags", ""))))
+        return ConfigError(f"{key}.{field}", f"expected one of {tags}, got {_quote(ctx.get('tag'))}")
     if kind == "literal_error":
         expected = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
         choices = ", ".join(f'"{e}"' for e in expected)
@@ -661,7 +1018,11 @@ def _real_keys(loc: tuple[int | str, ...], raw: Any) -> list[str]:
         in_list = isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
         if in_mapping or in_list:
             node = node[part]
-        elif part == "[key]" or (isinstance(part, str) and _BRANCH_TAG.fullmatch(part)):
+        elif (
+            part == "[key]"
+            or (isinstance(part, str) and _BRANCH_TAG.fullmatch(part))
+            or (isinstance(node, Mapping) and node.get("kind") == part)  # a discriminated union's tag
+        ):
             continue
         else:
             node = None
@@ -669,11 +1030,13 @@ def _real_keys(loc: tuple[int | str, ...], raw: Any) -> list[str]:
     return keys
 
 
-def _allowed_keys(loc: list[str]) -> list[str]:
+def _allowed_keys(loc: list[str], raw: Any = None) -> list[str]:
     """The keys a mapping at `loc` accepts, for the 'unknown key' message."""
     node: Any = StackConfig
+    given: Any = raw  # the input at the same place: its `kind` picks a discriminated union's model
     for part in loc:
-        node = _unwrap(node)
+        node = _unwrap(node, given)
+        given = given.get(part) if isinstance(given, Mapping) else None
         if isinstance(node, type) and issubclass(node, BaseModel):
             field = next((f for n, f in node.model_fields.items() if (f.alias or n) == part), None)
             if field is None:
@@ -683,17 +1046,25 @@ def _allowed_keys(loc: list[str]) -> list[str]:
             node = get_args(node)[1]
         else:
             return []
-    node = _unwrap(node)
+    node = _unwrap(node, given)
     if isinstance(node, type) and issubclass(node, BaseModel):
         return sorted((f.alias or n) for n, f in node.model_fields.items())
     return []
 
 
-def _unwrap(annotation: Any) -> Any:
-    """Optional[X] / Annotated[X, ...] -> X (the model or dict inside)."""
+def _unwrap(annotation: Any, given: Any = None) -> Any:
+    """Optional[X] / Annotated[X, ...] -> X (the model or dict inside); of several models, the one
+    whose `kind` is the input's."""
     if get_origin(annotation) is Annotated:
-        return _unwrap(get_args(annotation)[0])
+        return _unwrap(get_args(annotation)[0], given)
     if get_origin(annotation) in (Union, UnionType):
+        kind = given.get("kind") if isinstance(given, Mapping) else None
+        for arg in get_args(annotation):
+            field = (
+                arg.model_fields.get("kind") if isinstance(arg, type) and issubclass(arg, BaseModel) else None
+            )
+            if kind is not None and field is not None and kind in get_args(field.annotation):
+                return arg
         for arg in get_args(annotation):
             inner = _unwrap(arg)
             if (isinstance(inner, type) and issubclass(inner, BaseModel)) or get_origin(inner) is dict:

@@ -182,6 +182,8 @@ def build_images(
 def deploy(stack: ResolvedStack) -> None:
     config = stack.config
     target = config.target
+    if not isinstance(target, DockerTarget):  # TARGETS dispatches on target.kind
+        raise TypeError(f"the docker target got a {target.kind} stack")
     profile = stack.profile  # None: detected on the host by its preflight
     ssh = (
         None if target.is_local else SshEndpoint(target.host, target.user, target.port, target.host_key or "")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from components.profiles import PROFILES, GpuProfile
 from components.specs import GpuRequest
-from stacks.config import ConfigError, StackConfig, resolve_profile, validate
+from stacks.config import ConfigError, DockerTarget, StackConfig, resolve_profile, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPpr0dP40HostKeyPinnedFromSshKeyscanReplaceMe"
@@ -134,6 +134,7 @@ def rejected(raw: Any, key: str, fragment: str, detected: str | None = None) -> 
 def test_base_config_validates_and_resolves() -> None:
     config, profile, warnings = load(BASE)
     assert config.profile == "p40"
+    assert isinstance(config.target, DockerTarget)
     assert config.target.host_key == HOST_KEY
     assert config.target.root == "/srv/english-listening-trainer"
     assert config.services["app"].gpu == GpuRequest("all")
@@ -170,13 +171,14 @@ def test_auto_profile() -> None:
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        ("bogus", "cuda, image, profile, provision, services, target"),
+        ("bogus", "cuda, gpuOperator, gpuSharing, image, profile, provision, services, target"),
         ("target.bogus", "bastion, host, hostKey, kind, port, root, sshKey, user"),
         ("image.bogus", "appUid, buildArgs, context, dockerfile, registry, repository, tag, target"),
         (
             "services.app.bogus",
-            "build, command, dependsOn, driverCapabilities, enabled, env, gpu, healthcheck, image, "
-            "memory, oneShot, ports, restart, secretEnv, shmSize, smoke, smokeDeadline, user, volumes",
+            "build, command, cpu, cpuEnv, cpuFallback, cpuImage, dependsOn, driverCapabilities, enabled, "
+            "env, gpu, healthcheck, image, memory, migProfile, oneShot, ports, replicas, restart, runOn, "
+            "secretEnv, shmSize, smoke, smokeDeadline, storage, user, volumes",
         ),
         ("services.app.healthcheck.bogus", "command, http, interval, retries, startPeriod, timeout"),
         ("services.app.healthcheck.http.bogus", "path, port"),
@@ -220,7 +222,7 @@ def test_missing_required_key(path: str) -> None:
     [
         ("profile", "v100", 'expected one of "p40", "a2", "a4000", "h100", "cpu", "auto", got "v100"'),
         ("profile", "P40", 'got "P40"'),
-        ("target.kind", "kubernetes", 'expected one of "docker", got "kubernetes"'),
+        ("target.kind", "swarm", 'expected one of "docker", "kubernetes", got "swarm"'),
         ("services.app.restart", "sometimes", '"no", "on-failure", "always", "unless-stopped"'),
         ("services.app.dependsOn.migrate", "done", '"started", "healthy", "completed", got "done"'),
         ("provision.driver", "upgrade", '"install", "verify", "skip"'),
@@ -256,7 +258,8 @@ def test_host_key_shape(key: str) -> None:
 
 @pytest.mark.parametrize("key", [HOST_KEY, "ssh-rsa AAAAB3NzaC1yc2E=", "ecdsa-sha2-nistp256 AAAAE2VjZHNh"])
 def test_host_key_accepted(key: str) -> None:
-    assert load(changed(("target.hostKey", key)))[0].target.host_key == key
+    target = load(changed(("target.hostKey", key)))[0].target
+    assert isinstance(target, DockerTarget) and target.host_key == key
 
 
 @pytest.mark.parametrize("root", ["srv/app", "./srv", "/", "//", "/srv/../etc", "/srv/.."])

@@ -8,6 +8,7 @@ The image tags are real-looking pins for the test only: verify them in the regis
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, replace
 from typing import Any
@@ -179,6 +180,7 @@ def build_program() -> None:
 
 @pytest.fixture(scope="module")
 def registered() -> list[Registered]:
+    asyncio.set_event_loop(asyncio.new_event_loop())  # an offline plan run before this one leaves none
     recorder = Recorder()
     pulumi.runtime.set_mocks(recorder, project="gpu-deploy", stack="test", preview=False)
 

@@ -1,0 +1,347 @@
+"""What a change would do: two offline plans compared resource by resource, the way the engine would.
+
+`python -m stacks diff STACK --config-file OTHER` compares the plan of `Pulumi.STACK.yaml` (before) with
+the plan of OTHER (after); `--against GIT_REF` compares the plan of the repository at GIT_REF (code and
+config) with the working tree's. The classification is pure: two plan JSON objects (`Plan.as_json()` or
+`python -m stacks plan STACK --json`) in, a `Diff` out.
+
+Rules, with resources keyed by URN:
+
+- only in the after plan: CREATE; only in the before plan: DELETE, noted "(kept on the host)" when the
+  resource has `retainOnDelete` (a built image leaves the state, not the host);
+- in both: the top-level input keys that differ, leaving out the keys in the AFTER resource's
+  `ignoreChanges` (the engine ignores those). No key: unchanged. Otherwise REPLACE when the type (and
+  key) is in `REPLACE_ON_ANY_CHANGE` / `REPLACE_ON_KEYS` below, else UPDATE;
+- a value that is `[unknown]` (known only during a deployment) on either side is a possible change,
+  shown "(unknown until deploy)". An input whose unknown value is the same on both sides comes from a
+  resource that exists in the state already, so the engine knows it: it is a possible change only when
+  one of the resource's dependencies (after plan `dependsOn`) is created, replaced or updated;
+- the mocks give every resource a fixed id (`NAME-id`); an input holding the id of a dependency that is
+  created or replaced is a possible change too (a real replacement has a new id: a `triggers` entry
+  naming a replaced container's id re-runs the command);
+- component resources (custom false) are groupings, never changes themselves: they are not counted
+  anywhere (their children are). The unchanged count is of custom resources.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+UNKNOWN = "[unknown]"
+Action = Literal["create", "replace", "update", "delete"]
+ACTIONS: tuple[Action, ...] = ("create", "replace", "update", "delete")
+
+# Types whose provider replaces the resource on any input change (no in-place update).
+REPLACE_ON_ANY_CHANGE: dict[str, str] = {
+    "docker:index/container:Container": "the Docker provider recreates a container for nearly every argument",
+    "docker:index/image:Image": "a different build is a different image",
+    "docker:index/remoteImage:RemoteImage": "a different reference is a different image",
+    "command:remote:CopyToRemote": "the copy is made again",
+    "docker:index/network:Network": "a Docker network cannot be changed in place",
+}
+
+# Types replaced when one of these input keys changes (an update for any other key).
+COMMAND_REPLACE_KEYS = frozenset({"create", "stdin", "environment", "triggers"})
+REPLACE_ON_KEYS: dict[str, frozenset[str]] = {
+    # No `update` step is set here, so the command provider replaces (runs `create` again) instead.
+    "command:remote:Command": COMMAND_REPLACE_KEYS,
+    "command:local:Command": COMMAND_REPLACE_KEYS,
+}
+PROVIDER_PREFIX = "pulumi:providers:"
+PROVIDER_REPLACE_KEYS = frozenset({"host"})  # a provider for another host is another provider
+
+_SHORT = 80  # longest scalar shown as before -> after
+
+
+class DiffError(Exception):
+    """A plan for the diff could not be made: exit code 1."""
+
+
+class DiffConfigError(Exception):
+    """A config error in one of the plans (the one line): exit code 2."""
+
+
+@dataclass(frozen=True)
+class Change:
+    action: Action
+    urn: str
+    type: str
+    name: str
+    changed: tuple[str, ...] = ()
+    details: tuple[str, ...] = ()  # per changed key, what the text line shows
+    kept: bool = False  # a delete of a retainOnDelete resource
+    unknown: tuple[str, ...] = ()  # the changed keys whose values are known only during a deployment
+
+    @property
+    def certain(self) -> bool:
+        """False when every changed key is only a possible change (unknown until deploy)."""
+        return self.action in ("create", "delete") or bool(set(self.changed) - set(self.unknown))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"urn": self.urn, "type": self.type, "name": self.name, "changed": list(self.changed)}
+
+    def line(self) -> str:
+        text = f"{self.action:<7}  {self.type}  {self.name}"
+        if self.details:
+            text += f"  ({', '.join(self.details)})"
+        if self.kept:
+            text += "  (kept on the host)"
+        return text
+
+
+@dataclass
+class Diff:
+    stack: str
+    changes: list[Change] = field(default_factory=list)
+    unchanged: int = 0
+
+    def of(self, action: Action) -> list[Change]:
+        return [c for c in self.changes if c.action == action]
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def as_json(self) -> dict[str, Any]:
+        result: dict[str, Any] = {"stack": self.stack}
+        for action in ACTIONS:
+            result[action] = [c.as_json() for c in self.of(action)]
+        result["unchanged"] = self.unchanged
+        return result
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{len(self.of(a))} to {a}" for a in ACTIONS)
+        return f"{counts}, {self.unchanged} unchanged"
+
+
+# ---------------------------------------------------------------- classification
+def has_unknown(value: Any) -> bool:
+    if isinstance(value, str):
+        return value == UNKNOWN
+    if isinstance(value, Mapping):
+        return any(has_unknown(v) for v in value.values())
+    if isinstance(value, list):
+        return any(has_unknown(v) for v in value)
+    return False
+
+
+def _is_short_scalar(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\n" not in value and len(value) <= _SHORT
+    return value is None or isinstance(value, (bool, int, float))
+
+
+_MISSING = object()
+
+
+def _show(value: Any) -> str:
+    return "(unset)" if value is _MISSING else json.dumps(value)
+
+
+def _detail(key: str, before: Any, after: Any, *, unknown: bool) -> str:
+    if unknown:
+        return f"{key} (unknown until deploy)"
+    if _is_short_scalar(None if before is _MISSING else before) and _is_short_scalar(
+        None if after is _MISSING else after
+    ):
+        return f"{key}: {_show(before)} -> {_show(after)}"
+    return key
+
+
+def mock_id(name: str) -> str:
+    """The id the offline plan's mocks give a resource named `name` (stacks/plan.py, `_PlanMocks`)."""
+    return f"{name}-id"
+
+
+def mentions(value: Any, needle: str) -> bool:
+    """Whether `needle` (a mock id) is a whole word in `value` or anything inside it."""
+    if isinstance(value, str):
+        return re.search(rf"(?<![\w.-]){re.escape(needle)}(?![\w.-])", value) is not None
+    if isinstance(value, Mapping):
+        return any(mentions(v, needle) for v in value.values())
+    if isinstance(value, list):
+        return any(mentions(v, needle) for v in value)
+    return False
+
+
+def input_changes(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    *,
+    dependency_changed: bool = False,
+    new_ids: Collection[str] = (),
+) -> list[tuple[str, str, bool]]:
+    """(key, detail, unknown) for each top-level input key that changes, minus the after side's ignoreChanges.
+
+    `before`/`after` are resources as in a plan JSON. A value the same on both sides is still a possible
+    change ("unknown until deploy") when it holds `[unknown]` and `dependency_changed` (a dependency is
+    created, replaced or updated, so what it hands on is computed again), or when it holds one of
+    `new_ids`, the ids of dependencies that are created or replaced (the mocks' ids never change; a real
+    replacement gets a new id, e.g. a `triggers` entry naming a container's id).
+    """
+    ignored = set((after.get("options") or {}).get("ignoreChanges") or [])
+    old: Mapping[str, Any] = before.get("inputs") or {}
+    new: Mapping[str, Any] = after.get("inputs") or {}
+    result: list[tuple[str, str, bool]] = []
+    for key in sorted(set(old) | set(new)):
+        if key in ignored:
+            continue
+        a, b = old.get(key, _MISSING), new.get(key, _MISSING)
+        if a == b:
+            unknown = (dependency_changed and has_unknown(b)) or any(mentions(b, i) for i in new_ids)
+            if not unknown:
+                continue
+        else:
+            unknown = has_unknown(a) or has_unknown(b)
+        result.append((key, _detail(key, a, b, unknown=unknown), unknown))
+    return result
+
+
+def replaces(type_: str, keys: set[str] | frozenset[str], after_inputs: Mapping[str, Any]) -> bool:
+    """Whether a change to `keys` of a resource of `type_` makes the provider replace it."""
+    if type_ in REPLACE_ON_ANY_CHANGE:
+        return True
+    if type_ in REPLACE_ON_KEYS:
+        if "triggers" in keys:
+            return True
+        # With an `update` step the command provider runs it instead of replacing.
+        return "update" not in after_inputs and bool(keys & REPLACE_ON_KEYS[type_])
+    if type_.startswith(PROVIDER_PREFIX):
+        return bool(keys & PROVIDER_REPLACE_KEYS)
+    return False
+
+
+def _by_urn(plan: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    return {str(r["urn"]): r for r in plan.get("resources") or [] if r.get("custom")}
+
+
+def diff_plans(before: Mapping[str, Any], after: Mapping[str, Any], stack: str | None = None) -> Diff:
+    """Classify every custom resource of two plans (JSON objects) as create/replace/update/delete."""
+    old, new = _by_urn(before), _by_urn(after)
+    diff = Diff(stack=stack or str(after.get("stack") or before.get("stack") or ""))
+    changes: dict[str, Change] = {}
+    for urn in sorted(set(new) - set(old)):
+        changes[urn] = Change("create", urn, str(new[urn]["type"]), str(new[urn]["name"]))
+    for urn in sorted(set(old) - set(new)):
+        kept = bool((old[urn].get("options") or {}).get("retainOnDelete"))
+        changes[urn] = Change("delete", urn, str(old[urn]["type"]), str(old[urn]["name"]), kept=kept)
+
+    both = sorted(set(old) & set(new))
+    # A dependency that changes makes the outputs it hands on unknown again: repeat until stable.
+    while True:
+        moved = False
+        for urn in both:
+            deps = (new[urn].get("options") or {}).get("dependsOn") or []
+            moving = [changes[d] for d in deps if d in changes and changes[d].action != "delete"]
+            keys = input_changes(
+                old[urn],
+                new[urn],
+                dependency_changed=bool(moving),
+                new_ids=[mock_id(c.name) for c in moving if c.action in ("create", "replace")],
+            )
+            if not keys:
+                continue
+            type_ = str(new[urn]["type"])
+            names = tuple(k for k, _, _ in keys)
+            replace = replaces(type_, set(names), new[urn].get("inputs") or {})
+            action: Action = "replace" if replace else "update"
+            change = Change(
+                action,
+                urn,
+                type_,
+                str(new[urn]["name"]),
+                names,
+                details=tuple(d for _, d, _ in keys),
+                unknown=tuple(k for k, _, u in keys if u),
+            )
+            if changes.get(urn) != change:
+                changes[urn] = change
+                moved = True
+        if not moved:
+            break
+
+    order = {a: i for i, a in enumerate(ACTIONS)}
+    diff.changes = sorted(changes.values(), key=lambda c: (order[c.action], c.type, c.name, c.urn))
+    diff.unchanged = sum(1 for urn in both if urn not in changes)
+    return diff
+
+
+def render_text(diff: Diff) -> str:
+    """Markdown for a job summary: a heading, the changes in a fenced block, the counts."""
+    lines = [c.line() for c in diff.changes] or ["no changes"]
+    return "\n".join([f"### {diff.stack}", "", "```", *lines, "```", "", diff.summary()])
+
+
+# ---------------------------------------------------------------- plans from elsewhere
+def _git(cwd: Path, *args: str) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        raise DiffError(f"git {' '.join(args)}: {lines[-1] if lines else f'exit {result.returncode}'}")
+    return result.stdout.strip()
+
+
+@contextlib.contextmanager
+def checkout(project_dir: Path, ref: str) -> Iterator[Path]:
+    """The project directory as it is at `ref`: a detached worktree, removed afterwards."""
+    top = Path(_git(project_dir, "rev-parse", "--show-toplevel"))
+    prefix = _git(project_dir, "rev-parse", "--show-prefix")
+    holder = Path(tempfile.mkdtemp(prefix="gpu-deploy-diff-"))
+    tree = holder / "tree"
+    try:
+        _git(top, "worktree", "add", "--detach", str(tree), ref)
+        try:
+            yield tree / prefix
+        finally:
+            subprocess.run(
+                ["git", "worktree", "remove", "--force", str(tree)], cwd=top, capture_output=True, check=False
+            )
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+        subprocess.run(["git", "worktree", "prune"], cwd=top, capture_output=True, check=False)
+
+
+def plan_json(project_dir: Path, stack: str, where: str) -> dict[str, Any]:
+    """`python -m stacks plan STACK --json` run in `project_dir` with this interpreter."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the code at project_dir, only
+    result = subprocess.run(
+        [sys.executable, "-m", "stacks", "plan", stack, "--json"],
+        cwd=project_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+        env=env,
+    )
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    if result.returncode == 2:  # the plan's config-error exit code
+        raise DiffConfigError(f"{errors[-1] if errors else 'config error'} ({where})")
+    if result.returncode != 0:
+        raise DiffError(f"the plan {where} failed: {errors[-1] if errors else f'exit {result.returncode}'}")
+    try:
+        plan: dict[str, Any] = json.loads(result.stdout)
+    except json.JSONDecodeError as err:
+        raise DiffError(f"the plan {where} printed no JSON: {err}") from None
+    return plan
+
+
+def empty_plan(stack: str) -> dict[str, Any]:
+    return {"stack": stack, "resources": [], "outputs": {}}
+
+
+def plan_at(project_dir: Path, ref: str, stack: str) -> dict[str, Any] | None:
+    """The plan of `stack` from the code and config at git `ref`; None when the stack is not there."""
+    with checkout(project_dir, ref) as tree:
+        if not (tree / f"Pulumi.{stack}.yaml").is_file():
+            return None
+        return plan_json(tree, stack, f"Pulumi.{stack}.yaml at {ref}")

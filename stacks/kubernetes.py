@@ -1,0 +1,236 @@
+"""The Kubernetes target: a validated stack becomes an explicit provider, the GPU cluster pieces and one
+GpuWorkload per service.
+
+Order: the provider (this kubeconfig and context, never the ambient default) -> the services' Namespace
+and, for a GPU profile, the GpuCluster (its own namespace, RuntimeClass `nvidia`, the device-plugin
+ConfigMap with the sharing config, the GPU Operator or the device plugin + DCGM charts) -> the
+GpuWorkloads, each after the cluster pieces and what it `dependsOn` (Pulumi waits for a Deployment to be
+ready, so "healthy" and "started" both mean "its pods are ready").
+
+The Docker keys have Kubernetes meanings here (stacks/config.py refuses what has none, before any
+resource): `gpu` is a count of `nvidia.com/gpu` (of `nvidia.com/mig-<migProfile>` with MIG), requests
+and limits alike; `ports` become a ClusterIP Service; a relative volume is a PersistentVolumeClaim of
+`storage.<name>` and an absolute one a hostPath under `target.root`; `healthcheck` becomes start-up,
+readiness and liveness probes, the start-up probe allowing `startPeriod` for the model to load;
+`cpuFallback` declares a CPU Deployment `<name>-cpu` at 0 replicas and `runOn: cpu` swaps the two: the
+GPU Deployment scales to 0 and the CPU one to `replicas` (one config change, and back).
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.k8s_cluster import GpuCluster, GpuClusterArgs, OperatorSpec, gpu_capacity
+from components.k8s_workload import GpuWorkload, GpuWorkloadArgs, ProbeSpec, VolumeSpec
+from components.profiles import GpuProfile
+from stacks.config import (
+    GpuOperatorConfig,
+    GpuSharingConfig,
+    Healthcheck,
+    KubernetesTarget,
+    ResolvedStack,
+    Service,
+    kubernetes_gpu_demand,
+    kubernetes_sharing,
+)
+
+PROVIDER = "kubernetes"
+CLUSTER = "nvidia"  # the GpuCluster: nvidia-namespace, nvidia-runtime-class, nvidia-device-plugin-config, ...
+LABELS = {"app.kubernetes.io/part-of": "gpu-deploy", "app.kubernetes.io/managed-by": "pulumi"}
+
+
+def provider(target: KubernetesTarget, *, secret: bool) -> k8s.Provider:
+    """The explicit provider every resource uses; an inline kubeconfig (or a secret one) stays secret."""
+    kubeconfig: pulumi.Input[str] | None = target.kubeconfig
+    if target.kubeconfig is not None and (secret or target.kubeconfig_is_inline):
+        kubeconfig = pulumi.Output.secret(target.kubeconfig)
+    return k8s.Provider(
+        PROVIDER,
+        kubeconfig=kubeconfig,
+        context=target.context,
+        namespace=target.namespace,
+        enable_server_side_apply=True,
+    )
+
+
+def probe_spec(check: Healthcheck) -> ProbeSpec:
+    """One health check as start-up (a model-load window of startPeriod), readiness and liveness."""
+    command: list[str] | None = None
+    if check.command is not None:
+        command = ["sh", "-c", check.command] if isinstance(check.command, str) else list(check.command)
+    return ProbeSpec(
+        http_path=check.http.path if check.http else None,
+        port=check.http.port if check.http else None,
+        command=command,
+        interval_s=check.interval,
+        timeout_s=check.timeout,
+        failure_threshold=check.retries,
+        startup_window_s=check.start_period or check.interval * check.retries,
+    )
+
+
+def volume_specs(svc: Service, target: KubernetesTarget) -> list[VolumeSpec]:
+    """Relative volumes are PersistentVolumeClaims (sized by `storage`), absolute ones hostPaths."""
+    specs: list[VolumeSpec] = []
+    for index, volume in enumerate(svc.volumes):
+        if volume.is_relative:
+            claim = volume.host.removeprefix("./")
+            specs.append(
+                VolumeSpec(
+                    name=claim,
+                    mount_path=volume.container,
+                    size=svc.storage[claim],
+                    read_only=volume.read_only,
+                    storage_class=target.storage_class,
+                )
+            )
+        else:
+            specs.append(
+                VolumeSpec(
+                    name=f"host-{index}",
+                    mount_path=volume.container,
+                    kind="hostPath",
+                    host_path=volume.host,
+                    read_only=volume.read_only,
+                )
+            )
+    return specs
+
+
+def workload_args(
+    name: str, svc: Service, target: KubernetesTarget, profile: GpuProfile, gpu_resource: str
+) -> GpuWorkloadArgs:
+    gpu = svc.gpu.count if svc.gpu.mode == "count" else 0
+    on_cpu = svc.run_on == "cpu"
+    env = dict(svc.env)
+    if svc.driver_capabilities and gpu:
+        env["NVIDIA_DRIVER_CAPABILITIES"] = svc.driver_capabilities
+    return GpuWorkloadArgs(
+        name=name,
+        namespace=target.namespace,
+        image=svc.image,
+        user=svc.user,
+        command=svc.command_list,
+        replicas=0 if on_cpu else svc.replicas,
+        gpu=gpu,
+        gpu_resource=gpu_resource,
+        mig_resource=f"nvidia.com/mig-{svc.mig_profile}" if svc.mig_profile else None,
+        cpu_fallback=svc.cpu_fallback,
+        cpu_image=svc.cpu_image,
+        cpu_env=svc.cpu_env,
+        cpu_replicas=svc.replicas if on_cpu else 0,
+        ports=[port.container_port for port in svc.ports],
+        env=env,
+        secret_env=dict(svc.secret_env),
+        volumes=volume_specs(svc, target),
+        memory_mib=svc.memory,
+        cpu=svc.cpu,
+        shm_mib=svc.shm_size,
+        probe=probe_spec(svc.healthcheck) if svc.healthcheck else None,
+        gpu_products=profile.gpu_products if gpu else (),
+    )
+
+
+def deploy(stack: ResolvedStack) -> None:
+    config = stack.config
+    target = config.target
+    profile = stack.profile
+    if not isinstance(target, KubernetesTarget) or profile is None:  # config.py refuses `auto` here
+        raise TypeError("the kubernetes target needs a kubernetes stack with a named profile")
+    services = {name: config.services[name] for name in stack.start_order()}
+    sharing = kubernetes_sharing(config, profile)
+    operator = config.gpu_operator or GpuOperatorConfig()
+    gpus_per_node = (config.gpu_sharing or GpuSharingConfig()).gpus_per_node
+    demand = kubernetes_gpu_demand(config)
+
+    # 1. The explicit provider: the only way any resource here reaches a cluster.
+    cluster_provider = provider(target, secret="target" in stack.secret_keys)
+    on_cluster = pulumi.ResourceOptions(provider=cluster_provider)
+
+    # 2. The services' namespace. Pod Security "restricted" fits every GpuWorkload pod (non-root, no
+    #    capabilities, seccomp RuntimeDefault); hostPath volumes need "privileged" (baseline forbids them).
+    host_paths = any(not v.is_relative for s in services.values() for v in s.volumes)
+    namespace = k8s.core.v1.Namespace(
+        "namespace",
+        metadata=k8s.meta.v1.ObjectMetaArgs(
+            name=target.namespace,
+            labels={
+                **LABELS,
+                "pod-security.kubernetes.io/enforce": "privileged" if host_paths else "restricted",
+            },
+        ),
+        opts=on_cluster,
+    )
+
+    # 3. The GPU cluster pieces (none for profile cpu): runtime class, sharing config, operator.
+    cluster: GpuCluster | None = None
+    if profile.is_gpu:
+        cluster = GpuCluster(
+            CLUSTER,
+            GpuClusterArgs(
+                namespace=operator.namespace,
+                distribution=target.distribution,
+                sharing=sharing,
+                operator=OperatorSpec(
+                    enabled=operator.enabled,
+                    driver=operator.driver,
+                    toolkit=operator.toolkit,
+                    chart_version=operator.version,
+                ),
+                device_plugin_chart_version=operator.device_plugin_version,
+                dcgm=operator.dcgm,
+                dcgm_chart_version=operator.dcgm_version,
+                profile=profile,
+                gpus_per_node=gpus_per_node,
+                gpu_requests_total=sum(count for count, mig in demand.values() if mig is None),
+            ),
+            opts=pulumi.ResourceOptions(providers=[cluster_provider]),
+        )
+
+    # 4. One GpuWorkload per enabled service, in dependsOn order.
+    workloads: dict[str, GpuWorkload] = {}
+    for name, svc in services.items():
+        waits_for: list[pulumi.Resource] = [namespace, *(workloads[dep] for dep in svc.depends_on)]
+        if cluster is not None and svc.gpu.wants_gpu:
+            waits_for.append(cluster)
+        workloads[name] = GpuWorkload(
+            name,
+            workload_args(name, svc, target, profile, sharing.resource_name),
+            opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=waits_for),
+        )
+
+    pulumi.export("profile", profile.key)
+    pulumi.export("target", f"kubernetes:{target.context}")
+    pulumi.export("namespace", namespace.metadata.name)
+    pulumi.export(
+        "gpuSharing",
+        {
+            "strategy": sharing.strategy,
+            "replicas": sharing.replicas,
+            "resource": sharing.resource_name,
+            "capacity": gpu_capacity(sharing, profile, gpus_per_node) if profile.is_gpu else 0,
+            "requested": sum(count for count, _ in demand.values()),
+        },
+    )
+    pulumi.export(
+        "services",
+        {
+            name: {
+                "runsOn": "gpu" if name in demand else "cpu",
+                "gpu": demand[name][0] if name in demand else 0,
+                "urls": [
+                    f"http://{name}.{target.namespace}.svc.cluster.local:{p.container_port}"
+                    for p in svc.ports
+                ],
+            }
+            for name, svc in services.items()
+        },
+    )
+    images: dict[str, str] = {}
+    for name, svc in services.items():
+        images[name] = svc.image
+        if svc.cpu_fallback:
+            images[f"{name}-cpu"] = svc.cpu_image or svc.image
+    pulumi.export("images", images)
+    pulumi.export("startOrder", list(services))

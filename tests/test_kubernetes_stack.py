@@ -1,0 +1,610 @@
+"""The a2 stack (target.kind kubernetes, MicroK8s, one time-sliced A2) through the real program and the offline plan.
+
+Every Kubernetes object the program registers is turned into its manifest (components.k8s_manifests)
+and validated against the OpenAPI schema of the Kubernetes version the stack names, in strict mode
+(unknown fields fail); the same goes for the files `python -m stacks render` writes. Config mistakes
+are one line naming the key, exit code 2, before any resource.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from components.k8s_cluster import CONFIG_MAP_NAME, MICROK8S_TOOLKIT_ENV
+from components.k8s_manifests import to_manifest
+from components.k8s_workload import check_image_pinned
+from policy.validators import StackContext, check_resource
+from stacks import load, render
+from stacks.config import NAMESPACE, ConfigError, validate
+from stacks.plan import PROJECT_DIR, Plan, PlannedResource, make_plan, prepare, read_stack_config
+from tests.plans import plan_text, plan_with, stack_config
+
+STACK = "a2"
+PROVIDER = "pulumi:providers:kubernetes"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+RELEASE = "kubernetes:helm.sh/v3:Release"
+GPU_SERVICES = ("kokoro", "faster-whisper")
+SECRET_VALUE = "sk-live-4f1c9e-never-on-disk"
+
+
+def k8s_version() -> str:
+    """The stack's `target.version` ("1.30") as kubernetes-validate names its schemas ("1.30.0")."""
+    version = str(stack_config(STACK)[f"{NAMESPACE}:target"]["version"])
+    return version if version.count(".") == 2 else f"{version}.0"
+
+
+@pytest.fixture(scope="module")
+def plan() -> Plan:
+    return make_plan(STACK)
+
+
+@pytest.fixture(scope="module")
+def preview() -> Plan:
+    return make_plan(STACK, preview=True)
+
+
+def objects(plan: Plan) -> list[tuple[PlannedResource, dict[str, Any]]]:
+    """(resource, manifest) for every Kubernetes object (Helm releases and providers are not)."""
+    found = []
+    for resource in plan.resources:
+        if resource.type.startswith("kubernetes:"):
+            manifest = to_manifest(resource.type, resource.inputs)
+            if manifest is not None:
+                found.append((resource, manifest))
+    return found
+
+
+def manifest_of(plan: Plan, type_: str, name: str) -> dict[str, Any]:
+    manifest = to_manifest(type_, plan.named(type_, name).inputs)
+    assert manifest is not None
+    return manifest
+
+
+def pod(manifest: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = manifest["spec"]["template"]["spec"]
+    return spec
+
+
+def raw_config(edit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """The stack's `gpu-deploy:` values without the namespace, as stacks.config.validate takes them."""
+    config = copy.deepcopy(stack_config(STACK))
+    if edit is not None:
+        edit(config)
+    return {key.split(":", 1)[1]: value for key, value in config.items()}
+
+
+def edited_file(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    config = copy.deepcopy(stack_config(STACK))
+    edit(config)
+    path = tmp_path / "Pulumi.a2.edited.yaml"
+    path.write_text(yaml.safe_dump({"config": config}))
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "stacks", *args], cwd=PROJECT_DIR, capture_output=True, text=True, check=False
+    )
+
+
+def services(config: dict[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = config[f"{NAMESPACE}:services"]
+    return found
+
+
+def third_gpu_service(config: dict[str, Any]) -> None:
+    services(config)["piper"] = {
+        "image": "rhasspy/wyoming-piper:1.5.0",
+        "gpu": 1,
+        "memory": "2g",
+        "user": "1000:1000",
+    }
+
+
+# ---------------------------------------------------------------- every object is a valid manifest
+@pytest.mark.parametrize("mode", ["up", "preview"])
+def test_every_kubernetes_object_validates_for_the_stacks_version(
+    plan: Plan, preview: Plan, mode: str
+) -> None:
+    chosen = plan if mode == "up" else preview
+    kinds: list[str] = []
+    for resource, manifest in objects(chosen):
+        kubernetes_validate.validate(manifest, k8s_version(), strict=True)
+        assert "[unknown]" not in json.dumps(manifest), resource.name
+        kinds.append(manifest["kind"])
+    assert sorted(kinds) == sorted(
+        ["Namespace"] * 2
+        + ["RuntimeClass", "ConfigMap", "PersistentVolumeClaim"]
+        + ["Deployment"] * 4  # kokoro, kokoro-cpu, faster-whisper, faster-whisper-cpu
+        + ["Service"] * 2
+    )
+    assert [r.name for r in chosen.by_type(RELEASE)] == ["nvidia-gpu-operator"]
+
+
+def test_preview_registers_the_same_resources(plan: Plan, preview: Plan) -> None:
+    assert [(r.type, r.name) for r in plan.resources] == [(r.type, r.name) for r in preview.resources]
+
+
+def test_plans_are_deterministic(plan: Plan) -> None:
+    assert plan_text(make_plan(STACK)) == plan_text(plan)
+
+
+# ---------------------------------------------------------------- the provider is explicit
+def test_every_kubernetes_resource_uses_the_explicit_provider(plan: Plan) -> None:
+    (provider,) = plan.by_type(PROVIDER)
+    assert provider.inputs == {
+        "kubeconfig": "~/.kube/microk8s.yaml",
+        "context": "microk8s",
+        "namespace": "ai",
+        "enableServerSideApply": "true",  # provider config reaches the engine as strings
+    }
+    kubernetes = [r for r in plan.resources if r.type.startswith("kubernetes:")]
+    assert len(kubernetes) == 12
+    for resource in kubernetes:
+        assert resource.options["provider"] == provider.urn, resource.name
+
+
+@pytest.mark.parametrize(
+    "kubeconfig",
+    [
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: microk8s-cluster\n  cluster: {server: https://10.0.0.5:16443}\n",
+        {"secure": "v1:c2VjcmV0LWt1YmVjb25maWc="},
+    ],
+    ids=["inline", "secure"],
+)
+def test_a_kubeconfig_file_in_the_config_stays_secret(tmp_path: Path, kubeconfig: Any) -> None:
+    def inline(config: dict[str, Any]) -> None:
+        config[f"{NAMESPACE}:target"]["kubeconfig"] = kubeconfig
+
+    plan = plan_with(tmp_path, STACK, inline)
+    (provider,) = plan.by_type(PROVIDER)
+    assert provider.inputs["kubeconfig"] == "[secret]"
+    assert provider.inputs["context"] == "microk8s"
+    assert "10.0.0.5" not in plan_text(plan)
+
+
+# ---------------------------------------------------------------- GPU sharing on the A2
+def test_device_plugin_config_map_is_time_slicing_with_two_replicas(plan: Plan) -> None:
+    cm = manifest_of(plan, "kubernetes:core/v1:ConfigMap", "nvidia-device-plugin-config")
+    assert cm["metadata"]["name"] == CONFIG_MAP_NAME
+    assert cm["metadata"]["namespace"] == "gpu-operator"
+    assert set(cm["data"]) == {"default"}
+    config = yaml.safe_load(cm["data"]["default"])
+    # The device plugin's api/config/v1 format: version, flags.migStrategy, sharing.timeSlicing.resources.
+    assert config == {
+        "version": "v1",
+        "flags": {"migStrategy": "none"},
+        "sharing": {
+            "timeSlicing": {
+                "renameByDefault": False,
+                "failRequestsGreaterThanOne": False,
+                "resources": [{"name": "nvidia.com/gpu", "replicas": 2}],
+            }
+        },
+    }
+    assert "devices" not in json.dumps(config), "the write-up's `devices: all` is not a config key"
+
+
+def test_gpu_operator_uses_the_host_driver_and_toolkit_and_our_config_map(plan: Plan) -> None:
+    release = plan.named(RELEASE, "nvidia-gpu-operator").inputs
+    assert (release["chart"], release["version"]) == ("gpu-operator", "v25.3.0")
+    assert release["repositoryOpts"] == {"repo": "https://helm.ngc.nvidia.com/nvidia"}
+    assert release["namespace"] == "gpu-operator"
+    values = release["values"]
+    assert values["driver"] == {"enabled": False}
+    assert values["toolkit"]["enabled"] is False
+    assert {e["name"]: e["value"] for e in values["toolkit"]["env"]} == MICROK8S_TOOLKIT_ENV
+    assert values["devicePlugin"]["config"] == {"name": CONFIG_MAP_NAME, "default": "default"}
+    assert values["dcgmExporter"] == {"enabled": True}
+    runtime_class = manifest_of(plan, "kubernetes:node.k8s.io/v1:RuntimeClass", "nvidia-runtime-class")
+    assert (runtime_class["metadata"]["name"], runtime_class["handler"]) == ("nvidia", "nvidia")
+
+
+@pytest.mark.parametrize("service", GPU_SERVICES)
+def test_gpu_workloads_ask_for_one_gpu_on_the_a2_with_pinned_images(plan: Plan, service: str) -> None:
+    deployment = manifest_of(plan, DEPLOYMENT, service)
+    assert deployment["metadata"]["namespace"] == "ai"
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    spec = pod(deployment)
+    assert spec["runtimeClassName"] == "nvidia"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A2"}
+    (container,) = spec["containers"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    image = container["image"]
+    check_image_pinned(image)
+    assert "latest" not in image
+    assert container["startupProbe"]["httpGet"]["path"] == "/health"
+    window = container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"]
+    assert window >= 300, "the start-up probe gives the model load its own window"
+    assert container["readinessProbe"]["failureThreshold"] == 3
+    assert container["livenessProbe"]["failureThreshold"] == 3
+
+
+def test_the_services_specifics(plan: Plan) -> None:
+    whisper = pod(manifest_of(plan, DEPLOYMENT, "faster-whisper"))["containers"][0]
+    env = {e["name"]: e.get("value") for e in whisper["env"]}
+    assert env["WHISPER__INFERENCE_DEVICE"] == "cuda"
+    assert whisper["image"] == "fedirz/faster-whisper-server:0.5.0-cuda"
+    kokoro = manifest_of(plan, "kubernetes:core/v1:Service", "kokoro-service")
+    assert kokoro["spec"]["ports"] == [
+        {"name": "tcp-8880", "port": 8880, "targetPort": 8880, "protocol": "TCP"}
+    ]
+    whisper_service = manifest_of(plan, "kubernetes:core/v1:Service", "faster-whisper-service")
+    assert [p["port"] for p in whisper_service["spec"]["ports"]] == [8000]
+    claim = manifest_of(plan, "kubernetes:core/v1:PersistentVolumeClaim", "faster-whisper-models")
+    assert claim["spec"]["resources"]["requests"] == {"storage": "20Gi"}
+    namespace = manifest_of(plan, "kubernetes:core/v1:Namespace", "namespace")
+    assert namespace["metadata"]["name"] == "ai"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+def test_both_gpu_services_fit_the_time_sliced_a2_at_once(plan: Plan) -> None:
+    asked = 0
+    for _, manifest in objects(plan):
+        if manifest["kind"] != "Deployment":
+            continue
+        for container in pod(manifest)["containers"]:
+            limit = int(container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu", 0))
+            asked += limit * manifest["spec"]["replicas"]
+    assert asked == 2
+    assert plan.outputs["gpuSharing"] == {
+        "strategy": "time-slicing",
+        "replicas": 2,
+        "resource": "nvidia.com/gpu",
+        "capacity": 2,
+        "requested": 2,
+    }
+    assert plan.outputs["namespace"] == "ai"
+    assert plan.outputs["images"]["kokoro"] == "ghcr.io/remsky/kokoro-fastapi-gpu:v0.2.4"
+    assert plan.outputs["services"]["kokoro"]["urls"] == ["http://kokoro.ai.svc.cluster.local:8880"]
+
+
+def test_cpu_fallbacks_are_declared_at_zero_replicas(plan: Plan) -> None:
+    for service in GPU_SERVICES:
+        fallback = manifest_of(plan, DEPLOYMENT, f"{service}-cpu")
+        assert fallback["spec"]["replicas"] == 0
+        spec = pod(fallback)
+        assert "runtimeClassName" not in spec
+        assert "nvidia.com/gpu" not in json.dumps(spec["containers"][0].get("resources", {}))
+        check_image_pinned(spec["containers"][0]["image"])
+
+
+def test_rollback_to_the_cpu_is_one_config_change(tmp_path: Path) -> None:
+    def on_cpu(config: dict[str, Any]) -> None:
+        services(config)["kokoro"]["runOn"] = "cpu"
+
+    plan = plan_with(tmp_path, STACK, on_cpu)
+    assert manifest_of(plan, DEPLOYMENT, "kokoro")["spec"]["replicas"] == 0
+    cpu = manifest_of(plan, DEPLOYMENT, "kokoro-cpu")
+    assert cpu["spec"]["replicas"] == 1
+    env = {e["name"]: e.get("value") for e in pod(cpu)["containers"][0]["env"]}
+    assert env["USE_GPU"] == "false"
+    assert plan.outputs["gpuSharing"]["requested"] == 1
+    assert plan.outputs["services"]["kokoro"]["runsOn"] == "cpu"
+
+
+def test_a_cpu_service_gets_no_gpu(tmp_path: Path) -> None:
+    def add_redis(config: dict[str, Any]) -> None:
+        services(config)["redis"] = {
+            "image": "redis:7.2.4",
+            "ports": ["6379:6379"],
+            "user": "999:999",
+            "memory": "512m",
+            "volumes": ["data:/data"],
+            "storage": {"data": "1Gi"},
+        }
+
+    plan = plan_with(tmp_path, STACK, add_redis)
+    redis = manifest_of(plan, DEPLOYMENT, "redis")
+    kubernetes_validate.validate(redis, k8s_version(), strict=True)
+    spec = pod(redis)
+    assert "runtimeClassName" not in spec and "nodeSelector" not in spec
+    assert "nvidia.com/gpu" not in json.dumps(spec)
+    assert plan.outputs["gpuSharing"]["requested"] == 2
+
+
+# ---------------------------------------------------------------- config errors, before any resource
+def test_a_third_gpu_service_is_a_config_error_before_any_resource(tmp_path: Path) -> None:
+    path = edited_file(tmp_path, third_gpu_service)
+    result = cli("plan", STACK, "--config-file", str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("gpu-deploy:services.piper.gpu: "), line
+    assert "ask for 3 nvidia.com/gpu" in line and "at most 2" in line
+
+    planned = prepare(STACK, config_file=path)
+    with pytest.raises(ConfigError) as error:
+        load()
+    assert error.value.key == "services.piper.gpu"
+    assert planned.resources == [], "nothing registered"
+
+    out = tmp_path / "out"
+    rendered = cli("render", STACK, "--out", str(out), "--config-file", str(path))
+    assert rendered.returncode == 2
+    assert not out.exists()
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(config: dict[str, Any]) -> None:
+        top, *rest = path.split(".")
+        node = config.setdefault(f"{NAMESPACE}:{top}", {})
+        for part in rest[:-1]:
+            node = node.setdefault(part, {})
+        if rest:
+            node[rest[-1]] = value
+        else:
+            config[f"{NAMESPACE}:{top}"] = value
+
+    return edit
+
+
+def _all(*edits: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def edit(config: dict[str, Any]) -> None:
+        for one in edits:
+            one(config)
+
+    return edit
+
+
+REFUSED: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
+    (
+        "mps-with-mig",
+        _all(
+            _set("profile", "h100"),
+            _set("gpuSharing.strategy", "mps"),
+            _set("gpuSharing.migStrategy", "mixed"),
+        ),
+        "gpuSharing.migStrategy",
+        "MPS does not work on MIG",
+    ),
+    (
+        "mig-on-a2",
+        _all(
+            _set("gpuSharing.strategy", "mig"),
+            _set("gpuSharing.migStrategy", "single"),
+            _set("gpuSharing.replicas", 1),
+        ),
+        "gpuSharing.strategy",
+        "NVIDIA A2 has no MIG",
+    ),
+    ("mig-strategy-on-a2", _set("gpuSharing.migStrategy", "mixed"), "gpuSharing.migStrategy", "has no MIG"),
+    ("replicas-0", _set("gpuSharing.replicas", 0), "gpuSharing.replicas", "must be at least 1"),
+    ("third-gpu-service", third_gpu_service, "services.piper.gpu", "at most 2"),
+    (
+        "no-sharing",
+        _set("gpuSharing.strategy", "none"),
+        "gpuSharing.replicas",
+        "only apply to time-slicing or mps",
+    ),
+    (
+        "whole-gpus",
+        _all(_set("gpuSharing.strategy", "none"), _set("gpuSharing.replicas", 1)),
+        "services.faster-whisper.gpu",
+        "at most 1",
+    ),
+    (
+        "per-product-key",
+        _set("gpuSharing.perProduct", {"NVIDIA A2": {"replicas": 4}}),
+        "gpuSharing.perProduct.NVIDIA A2",
+        "not a GPU product label",
+    ),
+    ("image-build", _set("services.kokoro.image", "build"), "services.kokoro.image", "no build host"),
+    (
+        "image-section",
+        _set("image", {"repository": "kokoro", "tag": ""}),
+        "image",
+        "pinned images only",
+    ),
+    ("provision", _set("provision", {"driver": "install"}), "provision", "runs over SSH on Docker hosts"),
+    ("docker-target-key", _set("target.host", "a2.internal"), "target.host", "unknown key; allowed: context"),
+    (
+        "floating-tag",
+        _set("services.faster-whisper.image", "fedirz/faster-whisper-server:latest-cuda"),
+        "services.faster-whisper.image",
+        "floating tag",
+    ),
+    (
+        "floating-cpu-tag",
+        _set("services.kokoro.cpuImage", "ghcr.io/remsky/kokoro-fastapi-cpu:latest"),
+        "services.kokoro.cpuImage",
+        "pin",
+    ),
+    ("gpu-all", _set("services.kokoro.gpu", "all"), "services.kokoro.gpu", "a count of nvidia.com/gpu"),
+    (
+        "host-port",
+        _set("services.kokoro.ports", ["127.0.0.1:18880:8880"]),
+        "services.kokoro.ports",
+        "ClusterIP Service",
+    ),
+    (
+        "claim-size",
+        _set("services.faster-whisper.storage", {}),
+        "services.faster-whisper.storage.models",
+        "required",
+    ),
+    (
+        "host-path",
+        _set("services.kokoro.volumes", ["/etc:/host-etc:ro"]),
+        "services.kokoro.volumes",
+        "under target.root",
+    ),
+    ("memory", _set("services.kokoro.memory", None), "services.kokoro.memory", "required on kubernetes"),
+    ("auto", _set("profile", "auto"), "profile", "names its card"),
+    ("namespace", _set("target.namespace", "kube-system"), "target.namespace", "the cluster's own"),
+    (
+        "same-namespace",
+        _set("gpuOperator.namespace", "ai"),
+        "gpuOperator.namespace",
+        "namespace of their own",
+    ),
+    (
+        "run-on-cpu",
+        _all(
+            _set("services.kokoro.cpuFallback", False),
+            _set("services.kokoro.cpuImage", None),
+            _set("services.kokoro.cpuEnv", {}),
+            _set("services.kokoro.runOn", "cpu"),
+        ),
+        "services.kokoro.runOn",
+        "needs cpuFallback",
+    ),
+    ("chart", _set("gpuOperator.version", "latest"), "gpuOperator.version", "expected a value matching"),
+    (
+        "no-version",
+        _set("target", {"kind": "kubernetes", "context": "microk8s", "namespace": "ai"}),
+        "target.version",
+        "required",
+    ),
+]
+
+
+@pytest.mark.parametrize(("edit", "key", "fragment"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+def test_what_cannot_work_is_a_one_line_config_error_naming_the_key(
+    edit: Callable[[dict[str, Any]], None], key: str, fragment: str
+) -> None:
+    raw = raw_config(edit)
+    raw = {k: v for k, v in raw.items() if v is not None}
+    for service in raw["services"].values():
+        for name in [n for n, v in service.items() if v is None]:
+            del service[name]
+    with pytest.raises(ConfigError) as error:
+        validate(raw)
+    message = str(error.value)
+    assert "\n" not in message
+    assert message.startswith(f"gpu-deploy:{key}: "), message
+    assert fragment in message, message
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("gpuSharing", {"strategy": "time-slicing"}), ("gpuOperator", {"enabled": True})],
+)
+def test_kubernetes_keys_are_refused_on_a_docker_stack(tmp_path: Path, key: str, value: Any) -> None:
+    doc = yaml.safe_load((PROJECT_DIR / "Pulumi.h100.yaml").read_text())
+    doc["config"][f"{NAMESPACE}:{key}"] = value
+    doc["config"][f"{NAMESPACE}:services"]["vision"]["replicas"] = 2
+    path = tmp_path / "Pulumi.h100.edited.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    result = cli("plan", "h100", "--config-file", str(path))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"gpu-deploy:{key}: a kubernetes setting; target.kind is docker"
+    del doc["config"][f"{NAMESPACE}:{key}"]
+    path.write_text(yaml.safe_dump(doc))
+    result = cli("plan", "h100", "--config-file", str(path))
+    assert (
+        result.stderr.strip()
+        == "gpu-deploy:services.vision.replicas: a kubernetes setting; target.kind is docker"
+    )
+
+
+# ---------------------------------------------------------------- render
+def test_render_writes_one_valid_file_per_object(tmp_path: Path, plan: Plan) -> None:
+    out = tmp_path / "manifests"
+    result = cli("render", STACK, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    expected = {f"{m['kind'].lower()}-{m['metadata']['name'].lower()}.yaml": m for _, m in objects(plan)}
+    files = {p.name: p for p in out.glob("*.yaml")}
+    assert set(files) == set(expected)
+    assert len(files) == len(objects(plan)) == 11
+    for name, path in files.items():
+        documents = list(yaml.safe_load_all(path.read_text()))
+        assert len(documents) == 1, name
+        kubernetes_validate.validate(documents[0], k8s_version(), strict=True)
+        assert documents[0] == expected[name], f"{name} differs from what the program registers"
+    # The Helm release is not an object: its values go aside, for `helm template`, with a note.
+    values = out / "helm" / "gpu-operator.values.yaml"
+    assert yaml.safe_load(values.read_text()) == plan.named(RELEASE, "nvidia-gpu-operator").inputs["values"]
+    assert "helm template gpu-operator gpu-operator" in values.read_text()
+    assert "note: Helm release gpu-operator" in result.stderr
+    assert sorted(result.stdout.split()) == sorted(str(p) for p in [*files.values(), values])
+    # A second render replaces the first; a directory with other files is refused.
+    assert cli("render", STACK, "--out", str(out)).returncode == 0
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    refused = cli("render", STACK, "--out", str(other))
+    assert refused.returncode == 1 and "not empty" in refused.stderr
+
+
+def test_render_never_writes_a_secret_value(tmp_path: Path) -> None:
+    def add_secret(config: dict[str, Any]) -> None:
+        services(config)["faster-whisper"]["secretEnv"] = {"API_KEY": SECRET_VALUE}
+
+    plan = plan_with(tmp_path, STACK, add_secret)
+    rendered = render.render(plan)
+    written = render.write(rendered, tmp_path / "out")
+    for path in written:
+        assert SECRET_VALUE not in path.read_text(), path.name
+    secret = yaml.safe_load((tmp_path / "out" / "secret-faster-whisper-env.yaml").read_text())
+    assert secret["stringData"] == {"API_KEY": "[secret]"}
+    kubernetes_validate.validate(secret, k8s_version(), strict=True)
+    assert any("values withheld" in note for note in rendered.notes)
+    assert SECRET_VALUE not in plan_text(plan)
+
+
+def test_render_refuses_a_docker_stack(tmp_path: Path) -> None:
+    result = cli("render", "a4000", "--out", str(tmp_path / "out"))
+    assert result.returncode == 1
+    assert "no Kubernetes objects" in result.stderr
+
+
+# ---------------------------------------------------------------- list, policy, Docker stacks untouched
+def test_list_shows_the_kubernetes_target() -> None:
+    result = cli("list")
+    assert result.returncode == 0
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()}
+    assert "profile=a2" in lines["a2"] and "target=kubernetes:microk8s" in lines["a2"]
+
+
+def test_policy_pack_passes_on_the_a2_plan(plan: Plan, preview: Plan) -> None:
+    context = StackContext.from_config(read_stack_config(PROJECT_DIR, STACK)[1], stack=STACK)
+    for chosen in (plan, preview):
+        violations = [
+            m for r in chosen.resources for m in check_resource(r.type, r.inputs, context, name=r.name)
+        ]
+        assert violations == []
+
+
+def test_docker_stacks_do_not_load_pulumi_kubernetes() -> None:
+    code = (
+        "import sys; from stacks.plan import make_plan; make_plan('a4000'); "
+        "print('pulumi_kubernetes' in sys.modules)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=PROJECT_DIR, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_a_secure_value_in_services_keeps_env_secret_and_the_fallback_still_overrides(tmp_path: Path) -> None:
+    """The CLI marks all of `services` secret when one value is `secure:`: every env value then goes
+    through the Secret, and the CPU fallback's own cpuEnv (USE_GPU=false) still wins in its pods."""
+
+    def secure(config: dict[str, Any]) -> None:
+        services(config)["kokoro"]["secretEnv"] = {"API_KEY": {"secure": "v1:AAAA"}}
+
+    plan = plan_with(tmp_path, STACK, secure)
+    gpu = pod(manifest_of(plan, DEPLOYMENT, "kokoro"))["containers"][0]["env"]
+    cpu = pod(manifest_of(plan, DEPLOYMENT, "kokoro-cpu"))["containers"][0]["env"]
+    assert {"name": "USE_GPU", "valueFrom": {"secretKeyRef": {"name": "kokoro-env", "key": "USE_GPU"}}} in gpu
+    assert {"name": "USE_GPU", "value": "false"} in cpu
+    assert [e["name"] for e in cpu].count("USE_GPU") == 1
+    rendered = render.render(plan)  # the plan shows the Secret's data as "[secret]"; render keeps its keys
+    secret = rendered.manifests["secret-kokoro-env.yaml"]
+    assert secret["stringData"] == {"API_KEY": "[secret]", "USE_GPU": "[secret]"}
+    for manifest in rendered.manifests.values():
+        kubernetes_validate.validate(manifest, k8s_version(), strict=True)
