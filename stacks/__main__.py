@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,7 @@ import yaml
 
 from stacks import load
 from stacks.config import ConfigError
-from stacks.diff import DiffConfigError, DiffError, diff_plans, empty_plan, plan_at, render_text
+from stacks.diff import DiffConfigError, diff_plans, empty_plan, plan_at, render_text
 from stacks.plan import PROJECT_DIR, Plan, PlanError, PlannedResource, execute, list_stacks, prepare
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -63,6 +64,8 @@ def _summary(resource: PlannedResource) -> str:
             parts.append(f"stage={build['target']}")
     elif kind == "RemoteImage":
         parts.append(f"image={inputs.get('name')} (pinned, no build)")
+    elif resource.type == "pulumi:providers:kubernetes":
+        parts.append(f"context={inputs.get('context')} namespace={inputs.get('namespace')}")
     elif resource.type.startswith("pulumi:providers:"):
         parts.append(f"host={inputs.get('host')}")
     elif kind == "Network":
@@ -140,22 +143,15 @@ def cmd_diff(args: argparse.Namespace) -> int:
     stack: str = args.stack
     before: dict[str, Any] | None
     after: dict[str, Any] | None
-    try:
-        if args.config_file:
-            before = run_plan(stack, None, preview=False).as_json()
-            after = run_plan(stack, Path(args.config_file), preview=False).as_json()
-        else:
-            before = plan_at(PROJECT_DIR, args.against, stack)
-            here = (PROJECT_DIR / f"Pulumi.{stack}.yaml").is_file()
-            after = run_plan(stack, None, preview=False).as_json() if here else None
-            if before is None and after is None:
-                raise PlanError(f"no stack {stack} at {args.against} nor in the working tree")
-    except DiffConfigError as err:
-        print(str(err), file=sys.stderr)
-        return EXIT_CONFIG
-    except DiffError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_FAILED
+    if args.config_file:
+        before = run_plan(stack, None, preview=False).as_json()
+        after = run_plan(stack, Path(args.config_file), preview=False).as_json()
+    else:
+        before = plan_at(PROJECT_DIR, args.against, stack)
+        here = (PROJECT_DIR / f"Pulumi.{stack}.yaml").is_file()
+        after = run_plan(stack, None, preview=False).as_json() if here else None
+        if before is None and after is None:
+            raise PlanError(f"no stack {stack} at {args.against} nor in the working tree")
     diff = diff_plans(before or empty_plan(stack), after or empty_plan(stack), stack)
     print(json.dumps(diff.as_json(), indent=2, sort_keys=True) if args.json else render_text(diff))
     return EXIT_OK
@@ -205,7 +201,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except ConfigError as err:
+    except BrokenPipeError:  # the reader stopped early (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    except (ConfigError, DiffConfigError) as err:  # a diff's config error comes from either plan
         print(str(err), file=sys.stderr)
         return EXIT_CONFIG
     except PlanError as err:

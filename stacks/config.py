@@ -223,7 +223,16 @@ def _str_value(value: Any) -> str:
     raise ValueError(f"expected a string, number or boolean, got {_quote(value)}")
 
 
+def parse_root(value: Any) -> str:
+    """A host directory that relative paths live under: absolute, not '/', no '..'."""
+    root = str(value)
+    if not root.startswith("/") or root.rstrip("/") == "" or ".." in root.split("/"):
+        raise ValueError(f"expected an absolute directory other than /, got {_quote(value)}")
+    return root.rstrip("/")
+
+
 GpuField = Annotated[GpuRequest, BeforeValidator(parse_gpu)]
+RootDir = Annotated[str, BeforeValidator(parse_root)]
 PortField = Annotated[PortMapping, BeforeValidator(parse_port)]
 VolumeField = Annotated[VolumeMount, BeforeValidator(parse_volume)]
 UserField = Annotated[UserSpec, BeforeValidator(parse_user)]
@@ -295,7 +304,7 @@ class DockerTarget(Model):
     host_key: str | None = None  # pinned SSH host key: "ssh-ed25519 AAAA..."
     ssh_key: str | None = None  # private key (a Pulumi secret); the agent is used without it
     bastion: Bastion | None = None
-    root: str | None = None  # where relative bind sources live on the host
+    root: RootDir | None = None  # where relative bind sources live on the host
 
     @property
     def is_local(self) -> bool:
@@ -311,15 +320,6 @@ class DockerTarget(Model):
                 'expected a public host key such as "ssh-ed25519 AAAAC3..." (ssh-keyscan -t ed25519 HOST)'
             )
         return key
-
-    @field_validator("root")
-    @classmethod
-    def _root_absolute(cls, root: str | None) -> str | None:
-        if root is not None and (
-            not root.startswith("/") or root.rstrip("/") == "" or ".." in root.split("/")
-        ):
-            raise ValueError(f"expected an absolute directory other than /, got {_quote(root)}")
-        return root.rstrip("/") if root else root
 
     @model_validator(mode="after")
     def _ssh_needs_host_key(self) -> DockerTarget:
@@ -348,7 +348,7 @@ class KubernetesTarget(Model):
     distribution: Literal["microk8s", "generic"] = "generic"
     version: Annotated[str, Field(pattern=r"^1\.\d{1,2}(\.\d{1,3})?$")]  # "1.30": the schema checked
     storage_class: str | None = None  # for PersistentVolumeClaims; None: the cluster's default class
-    root: str | None = None  # where hostPath volumes may live on the nodes
+    root: RootDir | None = None  # where hostPath volumes may live on the nodes
 
     @property
     def is_local(self) -> bool:
@@ -366,15 +366,6 @@ class KubernetesTarget(Model):
         if namespace in RESERVED_K8S_NAMESPACES:
             raise ValueError(f"the stack creates its namespace; {namespace!r} is the cluster's own: pick one")
         return namespace
-
-    @field_validator("root")
-    @classmethod
-    def _root_absolute(cls, root: str | None) -> str | None:
-        if root is not None and (
-            not root.startswith("/") or root.rstrip("/") == "" or ".." in root.split("/")
-        ):
-            raise ValueError(f"expected an absolute directory other than /, got {_quote(root)}")
-        return root.rstrip("/") if root else root
 
 
 class ProductSharing(Model):

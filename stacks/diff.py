@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from stacks.plan import PlanError
+
 UNKNOWN = "[unknown]"
 Action = Literal["create", "replace", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("create", "replace", "update", "delete")
@@ -64,7 +66,7 @@ PROVIDER_REPLACE_KEYS = frozenset({"host"})  # a provider for another host is an
 _SHORT = 80  # longest scalar shown as before -> after
 
 
-class DiffError(Exception):
+class DiffError(PlanError):
     """A plan for the diff could not be made: exit code 1."""
 
 
