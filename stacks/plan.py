@@ -328,17 +328,30 @@ async def _run_in_stack(program: Path) -> None:
     stack = Stack()
     try:
         runpy.run_path(str(program), run_name="__main__")
-    finally:
+    except BaseException:
+        # Like the SDK: let what was registered finish before the program's error is reported.
         stack._finish()
-    await wait_for_rpcs(await_all_outstanding_tasks=False)
-    while settings.SETTINGS.outputs:
-        with settings.SETTINGS.lock:
-            pending = list(settings.SETTINGS.outputs)
-            settings.SETTINGS.outputs.clear()
-        for result in await asyncio.gather(*pending, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
+        with contextlib.suppress(Exception):
+            await _settle(raise_errors=False)
+        raise
+    stack._finish()
+    await _settle(raise_errors=True)
+
+
+async def _settle(*, raise_errors: bool) -> None:
+    """Wait until no RPC, output or other task of the program is left, in waves (linear time)."""
+    while True:
         await wait_for_rpcs(await_all_outstanding_tasks=False)
+        with settings.SETTINGS.lock:
+            outputs = list(settings.SETTINGS.outputs)
+            settings.SETTINGS.outputs.clear()
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t not in outputs]
+        if not outputs and not others:
+            return
+        results = await asyncio.gather(*outputs, *others, return_exceptions=True)
+        failures = [r for r in results[: len(outputs)] if isinstance(r, BaseException)]
+        if raise_errors and failures:
+            raise failures[0]
 
 
 def execute(plan: Plan, *, project_dir: Path = PROJECT_DIR) -> Plan:
