@@ -345,7 +345,8 @@ async def _settle(*, raise_errors: bool) -> None:
         with settings.SETTINGS.lock:
             outputs = list(settings.SETTINGS.outputs)
             settings.SETTINGS.outputs.clear()
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task() and t not in outputs]
+        waiting = {*outputs, asyncio.current_task()}
+        others = [t for t in asyncio.all_tasks() if t not in waiting]
         if not outputs and not others:
             return
         results = await asyncio.gather(*outputs, *others, return_exceptions=True)

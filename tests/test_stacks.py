@@ -381,3 +381,22 @@ def test_list_shows_each_stack_with_profile_and_target() -> None:
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert "profile=p40" in lines["prod"] and "docker:p40.gpu.internal" in lines["prod"]
     assert "profile=auto" in lines["edu-gpu"]
+
+
+@pytest.mark.parametrize("stack", list_stacks(PROJECT_DIR))
+def test_the_offline_plan_of_every_shipped_stack_takes_under_1_5_s(stack: str) -> None:
+    """As users run it: a new interpreter, imports included (best of two; `make bench` has the figures)."""
+    import time
+
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-m", "stacks", "plan", stack, "--json"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            check=False,
+        )
+        best = min(best, time.perf_counter() - start)
+        assert result.returncode == 0, result.stderr
+    assert best < 1.5, f"{stack}: {best:.2f} s"
