@@ -400,3 +400,14 @@ def test_the_offline_plan_of_every_shipped_stack_takes_under_1_5_s(stack: str) -
         best = min(best, time.perf_counter() - start)
         assert result.returncode == 0, result.stderr
     assert best < 1.5, f"{stack}: {best:.2f} s"
+
+
+@pytest.mark.parametrize("stack", list_stacks(PROJECT_DIR))
+def test_no_default_providers(stack: str) -> None:
+    """The engine refuses an ambient Docker or Kubernetes provider, and the program never needs one."""
+    config = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text())["config"]
+    assert set(config["pulumi:disable-default-providers"]) >= {"docker", "kubernetes"}
+    plan = make_plan(stack)
+    for resource in plan.resources:
+        if resource.custom and resource.type.split(":")[0] in ("docker", "kubernetes"):
+            assert resource.options["provider"], f"{resource.type} {resource.name} has no explicit provider"
