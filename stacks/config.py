@@ -766,12 +766,34 @@ def _check_kubernetes_service(
     for env_key in svc.env:  # cpuEnv may override a secretEnv key in the CPU fallback
         if env_key in svc.secret_env:
             raise _KeyedError(f"{key}.secretEnv.{env_key}", "also set in env; keep one")
+    _check_kubernetes_smoke(key, svc)
     if svc.cpu_fallback and not svc.gpu.wants_gpu:
         raise _KeyedError(f"{key}.cpuFallback", "is for a GPU service; this one has gpu: none")
     if not svc.cpu_fallback:
         for field in ("cpu_image", "cpu_env", "run_on"):
             if field in svc.model_fields_set and getattr(svc, field) not in (None, {}, "gpu"):
                 raise _KeyedError(f"{key}.{_alias(Service, field)}", "needs cpuFallback: true")
+
+
+def _check_kubernetes_smoke(key: str, svc: Service) -> None:
+    """Smoke checks run from a Job beside the pods (components/k8s_smoke.py): HTTP only, no credentials."""
+    for index, check in enumerate(svc.smoke, start=1):
+        kind = next((k for k in ("file", "gpu") if k in check), None)
+        if kind is not None:
+            raise _KeyedError(
+                f"{key}.smoke",
+                "on kubernetes only http checks run in-cluster (a Job beside the pods has no docker exec "
+                f"into the service's container): check #{index} is a {kind} check; prove the GPU through "
+                "an HTTP endpoint instead (whenGpu: true keeps it to GPU pods)",
+            )
+        headers = check["http"].get("headers") or {}
+        secret = sorted(name for name in headers if smoke.is_secret_name(str(name)))
+        if secret:
+            raise _KeyedError(
+                f"{key}.smoke",
+                f"check #{index} sends header {secret[0]}: on kubernetes the checks live in a ConfigMap, "
+                "which is no place for a credential; smoke-test an endpoint that needs none",
+            )
 
 
 def kubernetes_sharing(config: StackConfig, profile: GpuProfile) -> SharingSpec:

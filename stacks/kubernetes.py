@@ -14,14 +14,24 @@ and limits alike; `ports` become a ClusterIP Service; a relative volume is a Per
 readiness and liveness probes, the start-up probe allowing `startPeriod` for the model to load;
 `cpuFallback` declares a CPU Deployment `<name>-cpu` at 0 replicas and `runOn: cpu` swaps the two: the
 GPU Deployment scales to 0 and the CPU one to `replicas` (one config change, and back).
+
+Then, per service with `smoke` checks, a SmokeJob (components/k8s_smoke.py) after that service's
+GpuWorkload: a Job in the namespace runs the standard-library runner against the Service's cluster DNS
+name and first port; a failed check fails `pulumi up` with the runner's FAIL line. `whenGpu` checks run
+only where the service runs on the GPU (not with `runOn: cpu` or `gpu: none`); `file` and `gpu` checks
+need `docker exec` and are refused on kubernetes by stacks/config.py. It waits for its own service only,
+not for every workload: one service's smoke test has no reason to wait for another's model download.
 """
 
 from __future__ import annotations
+
+import json
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_cluster import GpuCluster, GpuClusterArgs, OperatorSpec, gpu_capacity
+from components.k8s_smoke import SmokeJob, SmokeJobArgs
 from components.k8s_workload import GpuWorkload, GpuWorkloadArgs, ProbeSpec, VolumeSpec
 from components.profiles import GpuProfile
 from stacks.config import (
@@ -33,6 +43,7 @@ from stacks.config import (
     Service,
     kubernetes_gpu_demand,
     kubernetes_sharing,
+    smoke_checks,
 )
 
 PROVIDER = "kubernetes"
@@ -96,6 +107,33 @@ def volume_specs(svc: Service, target: KubernetesTarget) -> list[VolumeSpec]:
                 )
             )
     return specs
+
+
+def service_url(name: str, svc: Service, target: KubernetesTarget) -> str:
+    """The service's cluster DNS name and first port: where an in-cluster client reaches it."""
+    return f"http://{name}.{target.namespace}.svc.cluster.local:{svc.ports[0].container_port}"
+
+
+def workload_revision(svc: Service) -> str:
+    """What the workload is, as config: a change re-runs its smoke test. Secret values stay out (names in);
+    key order does not count (a reformatted stack file is the same workload)."""
+    plain = svc.model_dump(mode="json", by_alias=True, exclude={"secret_env"})
+    return json.dumps({**plain, "secretEnv": sorted(svc.secret_env)}, sort_keys=True)
+
+
+def smoke_job_args(name: str, svc: Service, target: KubernetesTarget, *, on_gpu: bool) -> SmokeJobArgs | None:
+    """The service's in-cluster smoke test, or None when it has no checks here (or nothing serves)."""
+    checks = smoke_checks(svc.smoke, gpu=on_gpu)
+    if not checks or not svc.ports or svc.replicas == 0:
+        return None
+    return SmokeJobArgs(
+        service=name,
+        namespace=target.namespace,
+        base_url=service_url(name, svc, target),
+        checks=checks,
+        deadline_s=svc.smoke_deadline,
+        revision=workload_revision(svc),
+    )
 
 
 def workload_args(
@@ -199,6 +237,16 @@ def deploy(stack: ResolvedStack) -> None:
             workload_args(name, svc, target, profile, sharing.resource_name),
             opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=waits_for),
         )
+
+    # 5. Smoke tests in the cluster, each after its own service's pods are ready.
+    for name, svc in services.items():
+        smoke_args = smoke_job_args(name, svc, target, on_gpu=name in demand)
+        if smoke_args is not None:
+            SmokeJob(
+                f"smoke-{name}",
+                smoke_args,
+                opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=[workloads[name]]),
+            )
 
     pulumi.export("profile", profile.key)
     pulumi.export("target", f"kubernetes:{target.context}")

@@ -134,9 +134,11 @@ class RecordingMonitor(mocks.MockMonitor):
         super().__init__(_PlanMocks())
         self.plan = plan
         self.stack_urn = ""
+        self.thread_loops: set[asyncio.AbstractEventLoop] = set()
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        self.thread_loops.add(asyncio.get_event_loop())  # the one the mock made for this executor thread
         dependencies = set(request.dependencies)
         for deps in request.propertyDependencies.values():
             dependencies.update(deps.urns)
@@ -364,6 +366,13 @@ def execute(plan: Plan, *, project_dir: Path = PROJECT_DIR) -> Plan:
         with _in_directory(project_dir):
             loop.run_until_complete(_run_in_stack(program))
     finally:
+        # The mock monitor runs in executor threads and makes each an event loop it never closes; left to
+        # the garbage collector at interpreter exit, one sometimes fails on already-closed sockets.
+        loop.run_until_complete(loop.shutdown_default_executor())
+        monitor = settings.SETTINGS.monitor
+        for thread_loop in getattr(monitor, "thread_loops", ()):
+            if thread_loop is not loop and not thread_loop.is_running():
+                thread_loop.close()
         loop.close()
         asyncio.set_event_loop(None)
     # Registrations arrive in whatever order the event loop ran them; the plan is stable.

@@ -80,7 +80,9 @@ def raw_config(edit: Callable[[dict[str, Any]], None] | None = None) -> dict[str
     config = copy.deepcopy(stack_config(STACK))
     if edit is not None:
         edit(config)
-    return {key.split(":", 1)[1]: value for key, value in config.items()}
+    return {  # only this project's keys: `pulumi:disable-default-providers` is the engine's
+        key.split(":", 1)[1]: value for key, value in config.items() if key.startswith(f"{NAMESPACE}:")
+    }
 
 
 def edited_file(tmp_path: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
@@ -127,6 +129,7 @@ def test_every_kubernetes_object_validates_for_the_stacks_version(
         + ["RuntimeClass", "ConfigMap", "PersistentVolumeClaim"]
         + ["Deployment"] * 4  # kokoro, kokoro-cpu, faster-whisper, faster-whisper-cpu
         + ["Service"] * 2
+        + ["ConfigMap", "Job"] * 2  # the smoke tests (tests/test_k8s_smoke.py)
     )
     assert [r.name for r in chosen.by_type(RELEASE)] == ["nvidia-gpu-operator"]
 
@@ -149,7 +152,7 @@ def test_every_kubernetes_resource_uses_the_explicit_provider(plan: Plan) -> Non
         "enableServerSideApply": "true",  # provider config reaches the engine as strings
     }
     kubernetes = [r for r in plan.resources if r.type.startswith("kubernetes:")]
-    assert len(kubernetes) == 12
+    assert len(kubernetes) == 16
     for resource in kubernetes:
         assert resource.options["provider"] == provider.urn, resource.name
 
@@ -518,7 +521,7 @@ def test_render_writes_one_valid_file_per_object(tmp_path: Path, plan: Plan) -> 
     expected = {f"{m['kind'].lower()}-{m['metadata']['name'].lower()}.yaml": m for _, m in objects(plan)}
     files = {p.name: p for p in out.glob("*.yaml")}
     assert set(files) == set(expected)
-    assert len(files) == len(objects(plan)) == 11
+    assert len(files) == len(objects(plan)) == 15
     for name, path in files.items():
         documents = list(yaml.safe_load_all(path.read_text()))
         assert len(documents) == 1, name
