@@ -26,6 +26,7 @@ from google.protobuf import json_format
 from pulumi.runtime import config as runtime_config
 from pulumi.runtime import mocks, settings
 from pulumi.runtime.stack import Stack, wait_for_rpcs
+from pulumi.runtime.sync_await import _ensure_event_loop
 
 from stacks.config import SECRET_PLACEHOLDER
 
@@ -138,7 +139,7 @@ class RecordingMonitor(mocks.MockMonitor):
 
     def RegisterResource(self, request: Any) -> Any:
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
-        self.thread_loops.add(asyncio.get_event_loop())  # the one the mock made for this executor thread
+        self.thread_loops.add(_ensure_event_loop())  # type: ignore[no-untyped-call]  # this thread's loop
         dependencies = set(request.dependencies)
         for deps in request.propertyDependencies.values():
             dependencies.update(deps.urns)
