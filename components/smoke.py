@@ -698,30 +698,24 @@ class SmokeRunner:
         return self.run_cmd([*self.docker, "exec", self.container, *args], timeout)
 
     def _attempt_file(self, path: str, timeout: float) -> Outcome:
-        try:
-            result = self._docker_exec(["test", "-f", path], timeout)
-        except ToolMissing as error:
-            return Outcome(MISSING_TOOL, str(error), final=True)
-        if result.returncode == 0:
-            return Outcome(OK)
-        return Outcome(
-            FILE_ABSENT,
-            f"file not found in container {self.container} (docker exec exit {result.returncode})",
-            body=result.output,
-        )
+        failure = "file not found in container {container} (docker exec exit {code})"
+        return self._attempt_in_container(["test", "-f", path], timeout, FILE_ABSENT, failure)
 
     def _attempt_gpu(self, check: GpuCheck, timeout: float) -> Outcome:
+        failure = "command failed in container {container} (exit {code})"
+        return self._attempt_in_container(check.command, timeout, GPU_FAILED, failure)
+
+    def _attempt_in_container(
+        self, args: Sequence[str], timeout: float, failed: str, failure: str
+    ) -> Outcome:
         try:
-            result = self._docker_exec(check.command, timeout)
+            result = self._docker_exec(args, timeout)
         except ToolMissing as error:
             return Outcome(MISSING_TOOL, str(error), final=True)
         if result.returncode == 0:
             return Outcome(OK)
-        return Outcome(
-            GPU_FAILED,
-            f"command failed in container {self.container} (exit {result.returncode})",
-            body=result.output,
-        )
+        message = failure.format(container=self.container, code=result.returncode)
+        return Outcome(failed, message, body=result.output)
 
     # -- reporting
 

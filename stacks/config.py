@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_
 
 from pulumi.runtime import config as runtime_config
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -333,6 +334,15 @@ class DockerTarget(Model):
 
 # ---------------------------------------------------------------- the Kubernetes target
 K8sName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+
+
+def _own_namespace(namespace: str) -> str:
+    if namespace in RESERVED_K8S_NAMESPACES:
+        raise ValueError(f"the stack creates its namespace; {namespace!r} is the cluster's own: pick one")
+    return namespace
+
+
+OwnNamespace = Annotated[K8sName, AfterValidator(_own_namespace)]  # one the stack creates and owns
 ChartVersion = Annotated[str, Field(pattern=r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")]
 Quantity = Annotated[str, Field(pattern=r"^[1-9]\d*(Ki|Mi|Gi|Ti)$")]  # a PVC size: 10Gi
 RESERVED_K8S_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -344,7 +354,7 @@ class KubernetesTarget(Model):
     kind: Literal["kubernetes"]
     kubeconfig: str | None = None  # a path or the file's contents (a secret); None: ~/.kube/config
     context: Annotated[str, Field(min_length=1)]  # required: never whatever context is current
-    namespace: K8sName  # the services' namespace; created by the stack
+    namespace: OwnNamespace  # the services' namespace; created by the stack
     distribution: Literal["microk8s", "generic"] = "generic"
     version: Annotated[str, Field(pattern=r"^1\.\d{1,2}(\.\d{1,3})?$")]  # "1.30": the schema checked
     storage_class: str | None = None  # for PersistentVolumeClaims; None: the cluster's default class
@@ -359,13 +369,6 @@ class KubernetesTarget(Model):
         """Whether `kubeconfig` is the file's contents (a credential) rather than a path."""
         text = self.kubeconfig or ""
         return "\n" in text or text.lstrip().startswith(("apiVersion", "{"))
-
-    @field_validator("namespace")
-    @classmethod
-    def _own_namespace(cls, namespace: str) -> str:
-        if namespace in RESERVED_K8S_NAMESPACES:
-            raise ValueError(f"the stack creates its namespace; {namespace!r} is the cluster's own: pick one")
-        return namespace
 
 
 class ProductSharing(Model):
@@ -391,17 +394,10 @@ class GpuOperatorConfig(Model):
     driver: bool = False  # the operator's driver container: off where the host has the driver
     toolkit: bool = False  # the operator's toolkit container: off where the host has the toolkit
     version: ChartVersion = "v25.3.0"  # gpu-operator chart
-    namespace: K8sName = "gpu-operator"  # the GPU components' own namespace, created by the stack
+    namespace: OwnNamespace = "gpu-operator"  # the GPU components' own namespace, created by the stack
     dcgm: bool = True  # DCGM exporter (:9400/metrics)
     device_plugin_version: ChartVersion = "0.17.1"  # nvidia-device-plugin chart (enabled: false)
     dcgm_version: ChartVersion = "4.1.3"  # dcgm-exporter chart (enabled: false)
-
-    @field_validator("namespace")
-    @classmethod
-    def _own_namespace(cls, namespace: str) -> str:
-        if namespace in RESERVED_K8S_NAMESPACES:
-            raise ValueError(f"the stack creates its namespace; {namespace!r} is the cluster's own: pick one")
-        return namespace
 
 
 class HttpCheck(Model):
