@@ -36,11 +36,6 @@ POLICY_DIR = PROJECT_DIR / "policy"
 SHIPPED = list_stacks(PROJECT_DIR)
 
 
-def stack_kind(stack: str) -> str:
-    doc = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text()) or {}
-    return str(((doc.get("config") or {}).get("gpu-deploy:target") or {}).get("kind", "?"))
-
-
 @functools.cache
 def plan_of(stack: str, preview: bool = False) -> Plan:
     return make_plan(stack, preview=preview)
