@@ -242,28 +242,43 @@ def lookup(body: Any, dotted: str) -> Any:
     return current
 
 
-def validate_json(body: Any, spec: dict[str, str]) -> list[str]:
-    """Problems with a parsed JSON body against {"dotted.field": "type"}; empty when it fits."""
+def _field_problems(
+    body: Any, spec: dict[str, Any], mismatch: Callable[[str, Any, Any], str | None]
+) -> list[str]:
+    """Walk the dotted fields of `spec` in a parsed JSON body: missing ones, then `mismatch`'s verdicts."""
     problems: list[str] = []
     for dotted, expected in spec.items():
         value = lookup(body, dotted)
-        if value is _MISSING:
-            problems.append(f"missing field '{dotted}'")
-        elif not matches_type(value, expected):
-            problems.append(f"field '{dotted}' is {type_name(value)}, expected {expected}")
+        problem = f"missing field '{dotted}'" if value is _MISSING else mismatch(dotted, value, expected)
+        if problem:
+            problems.append(problem)
     return problems
+
+
+def validate_json(body: Any, spec: dict[str, str]) -> list[str]:
+    """Problems with a parsed JSON body against {"dotted.field": "type"}; empty when it fits."""
+    return _field_problems(
+        body,
+        spec,
+        lambda dotted, value, expected: (
+            None
+            if matches_type(value, expected)
+            else f"field '{dotted}' is {type_name(value)}, expected {expected}"
+        ),
+    )
 
 
 def validate_equals(body: Any, expected: dict[str, Any]) -> list[str]:
     """Problems with a parsed JSON body against {"dotted.field": exact value}; e.g. {"cuda": true}."""
-    problems: list[str] = []
-    for dotted, wanted in expected.items():
-        value = lookup(body, dotted)
-        if value is _MISSING:
-            problems.append(f"missing field '{dotted}'")
-        elif value != wanted or isinstance(value, bool) != isinstance(wanted, bool):
-            problems.append(f"field '{dotted}' is {json.dumps(value)}, expected {json.dumps(wanted)}")
-    return problems
+    return _field_problems(
+        body,
+        expected,
+        lambda dotted, value, wanted: (
+            None
+            if value == wanted and isinstance(value, bool) == isinstance(wanted, bool)
+            else f"field '{dotted}' is {json.dumps(value)}, expected {json.dumps(wanted)}"
+        ),
+    )
 
 
 def is_secret_name(name: str) -> bool:
