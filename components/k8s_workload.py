@@ -47,12 +47,11 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_cluster import GPU_RESOURCE, PRODUCT_LABEL, RUNTIME_CLASS
-from components.specs import UserSpec
+from components.specs import UserSpec, check_image_pinned
 
 VARIANT_LABEL = "gpu-deploy/variant"
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MAX_NAME = 48  # leaves room for "-cpu", StatefulSet ordinals and claim names within 63
-_FLOATING_TAG = re.compile(r"^(latest|stable|main|master|nightly|edge)(-.*)?$|.*-latest$")
 
 
 @dataclass(frozen=True)
@@ -112,20 +111,6 @@ class GpuWorkloadArgs:
     node_selector: Mapping[str, str] = field(default_factory=dict)  # extra, for both variants
     stateful: bool = False
     component: str = "server"  # app.kubernetes.io/component
-
-
-def check_image_pinned(image: str) -> None:
-    """Refuse an image whose tag floats: none (= latest), latest, latest-cuda, stable, main ..."""
-    if "@" in image:
-        if not re.search(r"@sha256:[0-9a-f]{64}$", image):
-            raise ValueError(f"image {image!r}: a digest is @sha256:<64 hex digits>")
-        return
-    last = image.rsplit("/", 1)[-1]
-    if ":" not in last:
-        raise ValueError(f"image {image!r} has no tag, so it means ':latest': pin a version tag or a digest")
-    tag = last.split(":", 1)[1]
-    if not tag or _FLOATING_TAG.match(tag):
-        raise ValueError(f"image {image!r} uses the floating tag {tag!r}: pin a version tag or a digest")
 
 
 def _pinned(image: str) -> str:

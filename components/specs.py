@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
@@ -64,3 +65,31 @@ class UserSpec:
 
     def __str__(self) -> str:
         return f"{self.uid}:{self.gid}"
+
+
+_FLOATING_TAG = re.compile(r"^(latest|stable|main|master|nightly|edge)(-.*)?$|.*-latest$")
+_DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def floating_tag(image: str) -> str | None:
+    """Why an image reference is not pinned, or None when it is: "" when it has no tag (Docker reads that
+    as :latest), the tag when it moves (latest, latest-cuda, stable, main, ...), "@" for a malformed digest.
+    A tag beside a valid digest is pinned by the digest."""
+    if "@" in image:
+        return None if _DIGEST.search(image) else "@"
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return ""
+    tag = last.split(":", 1)[1]
+    return tag if not tag or _FLOATING_TAG.match(tag) else None
+
+
+def check_image_pinned(image: str) -> None:
+    """Refuse an image whose tag floats: none (= latest), latest, latest-cuda, stable, main ..."""
+    tag = floating_tag(image)
+    if tag == "@":
+        raise ValueError(f"image {image!r}: a digest is @sha256:<64 hex digits>")
+    if tag == "":
+        raise ValueError(f"image {image!r} has no tag, so it means ':latest': pin a version tag or a digest")
+    if tag is not None:
+        raise ValueError(f"image {image!r} uses the floating tag {tag!r}: pin a version tag or a digest")

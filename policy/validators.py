@@ -30,7 +30,7 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from components.profiles import PROFILES, WHEEL_CUDA, GpuProfile
-from components.specs import is_mig_device
+from components.specs import floating_tag, is_mig_device
 
 NAMESPACE = "gpu-deploy"
 SECRET = "[secret]"  # noqa: S105 - the placeholder for a secret value, not a secret
@@ -421,13 +421,15 @@ def image_pin_problem(ref: Any) -> str | None:
         return None
     if not ref:
         return "has an empty image reference"
-    if "@sha256:" in ref or re.fullmatch(r"sha256:[0-9a-f]{64}", ref):
+    if re.fullmatch(r"sha256:[0-9a-f]{64}", ref):  # an image ID, as a built image's ref may be
         return None
-    last = ref.rsplit("/", 1)[-1]
-    if ":" not in last:
+    tag = floating_tag(ref)
+    if tag == "":
         return f"image {ref!r} has no tag (Docker reads that as :latest); pin a version"
-    if last.split(":", 1)[1] in ("", "latest"):
-        return f"image {ref!r} uses the moving tag latest; pin a version"
+    if tag == "@":
+        return f"image {ref!r} has a malformed digest; use @sha256:<64 hex digits>"
+    if tag is not None:
+        return f"image {ref!r} uses the moving tag {tag}; pin a version"
     return None
 
 

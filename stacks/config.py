@@ -11,7 +11,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from types import UnionType
@@ -32,7 +32,7 @@ from pydantic.alias_generators import to_camel
 
 from components import smoke
 from components.profiles import PROFILES, GpuProfile
-from components.specs import GpuRequest, PortMapping, UserSpec, VolumeMount
+from components.specs import GpuRequest, PortMapping, UserSpec, VolumeMount, check_image_pinned, floating_tag
 
 if TYPE_CHECKING:
     from components.k8s_cluster import SharingSpec
@@ -202,10 +202,11 @@ def parse_image_ref(value: Any) -> str:
     match = _IMAGE_REF.match(text)
     if not match or isinstance(value, bool):
         raise ValueError(f'expected "build" or a pinned image such as "redis:7.2.4", got {_quote(value)}')
-    if not match.group("tag") and not match.group("digest"):
+    tag = floating_tag(text)
+    if tag == "":
         raise ValueError(f"pin a tag or digest (e.g. redis:7.2.4): {_quote(text)} is not reproducible")
-    if match.group("tag") == "latest" and not match.group("digest"):
-        raise ValueError(f"pin a real tag or digest: {_quote(text)} changes under you")
+    if tag is not None:
+        raise ValueError(f"pin a real tag or digest: {_quote(text)} changes under you (floating tag {tag!r})")
     return text
 
 
@@ -663,9 +664,6 @@ def _under(path: str, root: str) -> bool:
 
 def _check_kubernetes(config: StackConfig, target: KubernetesTarget) -> None:
     """What the Docker path means by a key that has no Kubernetes meaning is refused, naming the key."""
-    # Lazy: only a kubernetes stack loads pulumi_kubernetes (the Docker stacks' plan time stays as it is).
-    from components.k8s_workload import check_image_pinned  # noqa: PLC0415
-
     if config.profile == "auto":
         raise _KeyedError(
             "profile",
@@ -688,12 +686,10 @@ def _check_kubernetes(config: StackConfig, target: KubernetesTarget) -> None:
             "is the services' (target.namespace)",
         )
     for name, svc in config.services.items():
-        _check_kubernetes_service(name, svc, target, check_image_pinned)
+        _check_kubernetes_service(name, svc, target)
 
 
-def _check_kubernetes_service(
-    name: str, svc: Service, target: KubernetesTarget, check_image_pinned: Callable[[str], None]
-) -> None:
+def _check_kubernetes_service(name: str, svc: Service, target: KubernetesTarget) -> None:
     key = f"services.{name}"
     if name.endswith("-"):
         raise _KeyedError(key, "a Kubernetes object name ends with a letter or digit")

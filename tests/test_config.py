@@ -571,6 +571,7 @@ def test_one_shot_has_no_healthcheck() -> None:
         ("library/redis", "pin a tag or digest"),
         ("redis:latest", 'pin a real tag or digest: "redis:latest" changes under you'),
         ("ghcr.io/org/app:latest", "changes under you"),
+        ("fedirz/faster-whisper-server:latest-cuda", "changes under you (floating tag 'latest-cuda')"),
         ("Redis:7.2.4", 'expected "build" or a pinned image such as "redis:7.2.4", got "Redis:7.2.4"'),
         ("redis:7.2.4\n", 'got "redis:7.2.4\\n"'),
         ("redis:", 'got "redis:"'),

@@ -34,10 +34,9 @@ from components.k8s_workload import (
     GpuWorkloadArgs,
     ProbeSpec,
     VolumeSpec,
-    check_image_pinned,
 )
 from components.profiles import PROFILES
-from components.specs import UserSpec
+from components.specs import UserSpec, check_image_pinned
 
 K8S_VERSION = "1.30.0"
 A2 = PROFILES["a2"]

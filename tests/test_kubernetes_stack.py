@@ -22,7 +22,7 @@ import yaml
 
 from components.k8s_cluster import CONFIG_MAP_NAME, MICROK8S_TOOLKIT_ENV
 from components.k8s_manifests import to_manifest
-from components.k8s_workload import check_image_pinned
+from components.specs import check_image_pinned
 from policy.validators import StackContext, check_resource
 from stacks import load, render
 from stacks.config import NAMESPACE, ConfigError, validate
