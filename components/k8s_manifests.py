@@ -12,10 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-# Pulumi's property-value signatures (sdk/go/common/resource/properties.go).
-SIG_KEY = "4dabf18193072939515e22adb298388d"
-SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 (a signature, not a password)
-UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+from pulumi.runtime import rpc
+
+# Pulumi's property-value signatures, as the SDK defines them.
+SIG_KEY: str = rpc._special_sig_key
+SECRET_SIG: str = rpc._special_secret_sig
+UNKNOWN: str = rpc.UNKNOWN
 
 # Type-token groups that are Pulumi constructs rather than Kubernetes API objects.
 NON_OBJECT_GROUPS = ("helm.sh/", "yaml/", "kustomize/")

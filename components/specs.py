@@ -67,6 +67,18 @@ class UserSpec:
         return f"{self.uid}:{self.gid}"
 
 
+# What tools show instead of a secret value, and instead of a value known only once a deployment runs.
+SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 - a placeholder, not a secret
+UNKNOWN_PLACEHOLDER = "[unknown]"
+
+_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.IGNORECASE)
+
+
+def looks_secret(name: str) -> bool:
+    """An env, build-arg or header name that reads like a credential."""
+    return bool(_SECRET_NAME.search(name))
+
+
 _FLOATING_TAG = re.compile(r"^(latest|stable|main|master|nightly|edge)(-.*)?$|.*-latest$")
 _DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
 

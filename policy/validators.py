@@ -30,11 +30,17 @@ from pathlib import PurePosixPath
 from typing import Any
 
 from components.profiles import PROFILES, WHEEL_CUDA, GpuProfile
-from components.specs import floating_tag, is_mig_device
+from components.specs import (
+    SECRET_PLACEHOLDER,
+    UNKNOWN_PLACEHOLDER,
+    floating_tag,
+    is_mig_device,
+    looks_secret,
+)
 
 NAMESPACE = "gpu-deploy"
-SECRET = "[secret]"  # noqa: S105 - the placeholder for a secret value, not a secret
-UNKNOWN = "[unknown]"
+SECRET = SECRET_PLACEHOLDER
+UNKNOWN = UNKNOWN_PLACEHOLDER
 LABEL_PROFILE = "io.gpu-deploy.profile"
 LABEL_ROOT = "io.gpu-deploy.root"
 LABEL_SERVICE = "io.gpu-deploy.service"
@@ -58,14 +64,9 @@ K8S_MIG_PREFIX = "nvidia.com/mig-"
 K8S_GPU_PRODUCT = "nvidia.com/gpu.product"
 
 # The same names stacks/config.py refuses in plain env (kept in step by tests/test_policy.py).
-_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.IGNORECASE)
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 _CUDA_TAG = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?(?:-|$)")
 _WHEEL_FLAVOUR = re.compile(r"/(cu(\d+))/?$")
-
-
-def looks_secret(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
 
 
 def is_known(value: Any) -> bool:

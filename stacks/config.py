@@ -32,14 +32,21 @@ from pydantic.alias_generators import to_camel
 
 from components import smoke
 from components.profiles import PROFILES, GpuProfile
-from components.specs import GpuRequest, PortMapping, UserSpec, VolumeMount, check_image_pinned, floating_tag
+from components.specs import (
+    GpuRequest,
+    PortMapping,
+    UserSpec,
+    VolumeMount,
+    check_image_pinned,
+    floating_tag,
+    looks_secret,
+)
 
 if TYPE_CHECKING:
     from components.k8s_cluster import SharingSpec
 
 NAMESPACE = "gpu-deploy"
 PROFILE_CHOICES = (*PROFILES, "auto")
-SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 - what the offline plan shows instead of a secret
 
 
 class ConfigError(Exception):
@@ -208,13 +215,6 @@ def parse_image_ref(value: Any) -> str:
     if tag is not None:
         raise ValueError(f"pin a real tag or digest: {_quote(text)} changes under you (floating tag {tag!r})")
     return text
-
-
-_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.IGNORECASE)
-
-
-def looks_secret(name: str) -> bool:
-    return bool(_SECRET_NAME.search(name))
 
 
 def _str_value(value: Any) -> str:

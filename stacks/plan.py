@@ -24,20 +24,20 @@ from typing import Any
 import yaml
 from google.protobuf import json_format
 from pulumi.runtime import config as runtime_config
-from pulumi.runtime import mocks, settings
+from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.stack import Stack, wait_for_rpcs
 from pulumi.runtime.sync_await import _ensure_event_loop
 
-from stacks.config import SECRET_PLACEHOLDER
+from components.specs import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
 
-UNKNOWN_PLACEHOLDER = "[unknown]"
-_SIG = "4dabf18193072939515e22adb298388d"
-_SECRET_SIG = "1b47061264138c4ac30d75fd1eb44270"  # noqa: S105 - the engine's secret marker
-_RESOURCE_SIG = "5cf8f73096256a8f31e491e813e4eb8e"
-_OUTPUT_SIG = "d0e6a833031e9bbcd3f4e8bde6ca49a4"
-_ASSET_SIG = "c44067f5952c0a294b673a41bacd8c17"
-_ARCHIVE_SIG = "0def7320c3a5731c473e5ecbe6d01bc7"
-_UNKNOWN = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"
+# How the engine's wire format marks secrets, references, outputs, assets and unknowns: the SDK's own.
+_SIG = rpc._special_sig_key
+_SECRET_SIG = rpc._special_secret_sig
+_RESOURCE_SIG = rpc._special_resource_sig
+_OUTPUT_SIG = rpc._special_output_value_sig
+_ASSET_SIG = rpc._special_asset_sig
+_ARCHIVE_SIG = rpc._special_archive_sig
+_UNKNOWN = rpc.UNKNOWN
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 

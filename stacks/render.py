@@ -23,8 +23,8 @@ from typing import Any
 import yaml
 
 from components.k8s_manifests import to_manifest
-from stacks.config import SECRET_PLACEHOLDER
-from stacks.plan import UNKNOWN_PLACEHOLDER, Plan, PlanError
+from components.specs import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
+from stacks.plan import Plan, PlanError
 
 MARKER = ".gpu-deploy-render"
 HELM_DIR = "helm"
