@@ -71,7 +71,13 @@ class UserSpec:
 SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 - a placeholder, not a secret
 UNKNOWN_PLACEHOLDER = "[unknown]"
 
-_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|PRIVATE_?KEY|CREDENTIAL)", re.IGNORECASE)
+# Whole segments of the name (split on anything but letters and digits): HF_TOKEN, DB_PASSWORD and
+# x-api-key are credentials, TOKENIZERS_PARALLELISM and HOST_KEY are not.
+_SECRET_NAME = re.compile(
+    r"(?:^|[^a-z0-9])(passwords?|passwd|secrets?|tokens?|api[^a-z0-9]?keys?|private[^a-z0-9]?keys?|credentials?)"
+    r"(?:$|[^a-z0-9])",
+    re.IGNORECASE,
+)
 
 
 def looks_secret(name: str) -> bool:

@@ -1084,3 +1084,9 @@ def test_cli_missing_stack_file_exits_1(tmp_path: Path) -> None:
         assert result.returncode == 1, result.stderr
         assert "not found" in result.stderr
         assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_plain_env_that_only_contains_a_secret_word_is_accepted() -> None:
+    # Hugging Face's switch is not a token; the rule matches whole name segments.
+    load(changed(("services.app.env", {"TOKENIZERS_PARALLELISM": "false", "HOST_KEY_DIR": "/keys"})))
+    rejected(changed(("services.app.env", {"HF_TOKEN": "hf_x"})), "services.app.env.HF_TOKEN", "secretEnv")

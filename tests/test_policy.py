@@ -302,6 +302,11 @@ def test_context_from_pulumi_config() -> None:
         ("HOST_KEY", False),
         ("REDIS_URL", False),
         ("HF_HOME", False),
+        ("GITHUB_TOKEN", True),
+        ("SECRET_KEY_BASE", True),
+        ("x-api-key", True),
+        ("TOKENIZERS_PARALLELISM", False),  # Hugging Face's switch, not a token
+        ("PASSWORDLESS_LOGIN", False),
     ],
 )
 def test_secret_names_are_the_config_validators_rule(name: str, secret: bool) -> None:
