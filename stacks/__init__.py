@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 
 import pulumi
 
-from stacks import docker
 from stacks.config import (
     ConfigError,
     ResolvedStack,
@@ -19,14 +18,9 @@ from stacks.config import (
 )
 
 
-def _kubernetes(stack: ResolvedStack) -> None:
-    """Imported on use: a Docker stack never loads pulumi_kubernetes."""
-    from stacks import kubernetes  # noqa: PLC0415
-
-    kubernetes.deploy(stack)
-
-
-TARGETS: dict[str, Callable[[ResolvedStack], None]] = {"docker": docker.deploy, "kubernetes": _kubernetes}
+def deploy(stack: ResolvedStack) -> None:
+    """Hand the stack to its target's module, imported on use: a stack loads only its own provider SDK."""
+    importlib.import_module(f"stacks.{stack.config.target.kind}").deploy(stack)
 
 
 def detect_local_profile() -> str:
@@ -75,4 +69,4 @@ def main() -> None:
         raise pulumi.RunError(str(err)) from None
     for warning in stack.warnings:
         pulumi.log.warn(warning)
-    TARGETS[stack.config.target.kind](stack)
+    deploy(stack)

@@ -182,7 +182,7 @@ def build_images(
 def deploy(stack: ResolvedStack) -> None:
     config = stack.config
     target = config.target
-    if not isinstance(target, DockerTarget):  # TARGETS dispatches on target.kind
+    if not isinstance(target, DockerTarget):  # stacks.deploy dispatches on target.kind
         raise TypeError(f"the docker target got a {target.kind} stack")
     profile = stack.profile  # None: detected on the host by its preflight
     ssh = (
