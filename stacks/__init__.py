@@ -51,11 +51,9 @@ def load() -> ResolvedStack:
         detected = detect_local_profile()
     profile, warnings = resolve_profile(config, detected)
     return ResolvedStack(
-        project=pulumi.get_project(),
         stack=pulumi.get_stack(),
         config=config,
         profile=profile,
-        requested_profile=config.profile,
         secret_keys=secret_keys,
         warnings=tuple(warnings),
     )

@@ -887,11 +887,9 @@ def _check_kubernetes_gpus(config: StackConfig) -> None:
 class ResolvedStack:
     """A validated stack with its GPU profile resolved and checked."""
 
-    project: str
     stack: str
     config: StackConfig
     profile: GpuProfile | None  # None: `auto` on an SSH host, detected there by the preflight
-    requested_profile: str
     secret_keys: frozenset[str]
     warnings: tuple[str, ...] = ()
 

@@ -757,7 +757,7 @@ def test_depends_on_short_form_and_start_order() -> None:
     )
     from stacks.config import ResolvedStack
 
-    stack = ResolvedStack("p", "s", config, PROFILES["p40"], "p40", frozenset())
+    stack = ResolvedStack("s", config, PROFILES["p40"], frozenset())
     order = stack.start_order()
     assert order.index("db") < order.index("seed") < order.index("worker")
     assert order.index("web") < order.index("worker")
