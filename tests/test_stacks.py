@@ -173,10 +173,9 @@ def test_order_is_host_then_image_then_containers(plans: dict[str, Plan]) -> Non
     verify = urn_of(plan, REMOTE_COMMAND, "gpu-host-verify")
     preflight = urn_of(plan, REMOTE_COMMAND, "gpu-host-preflight")
     image = plan.named(IMAGE, "image-build")
-    assert verify in image.options["dependsOn"] or any(
-        urn.endswith("GpuHost::gpu-host") for urn in image.options["dependsOn"]
-    )
+    assert verify in image.options["dependsOn"], "the build waits for the GPU host to be verified"
     assert image.urn in containers(plan)["app"].options["dependsOn"]
+    assert verify in containers(plan)["app"].options["dependsOn"], "services start on a verified host"
     assert preflight in plan.named(REMOTE_COMMAND, "gpu-host-toolkit").options["dependsOn"]
 
 
