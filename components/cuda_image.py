@@ -11,12 +11,14 @@ Creates exactly one of:
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
+import os
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_docker as docker
@@ -33,41 +35,58 @@ class RegistryLogin:
     password: pulumi.Input[str]
 
 
-def _ignore_patterns(context: Path) -> list[tuple[bool, str]]:
+def dockerignore_patterns(context: Path) -> list[str]:
+    """The patterns of `.dockerignore`, read as the Docker SDK for Python reads them (api/build.py)."""
     ignore_file = context / ".dockerignore"
     if not ignore_file.is_file():
         return []
-    patterns = []
-    for line in ignore_file.read_text().splitlines():
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        negate = text.startswith("!")
-        patterns.append((negate, text.lstrip("!").strip("/")))
-    return patterns
+    lines = (line.strip() for line in ignore_file.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
 
 
-def _ignored(relative: str, patterns: list[tuple[bool, str]]) -> bool:
-    ignored = False
-    parts = relative.split("/")
-    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    for negate, pattern in patterns:
-        if any(fnmatch.fnmatchcase(p, pattern) for p in prefixes):
-            ignored = not negate
-    return ignored
+def context_files(context: Path, dockerfile: str = "Dockerfile") -> list[str]:
+    """The paths (files, directories, links; relative, sorted) a build of `context` sends to Docker.
+
+    The matching is Docker's own, through the Docker SDK for Python (`docker.utils.build.exclude_paths`,
+    moby's pattern rules: `**`, `!` exceptions, a leading `/`, and `*` that never crosses `/`). Like the
+    Docker CLI (cli/command/image/build: TrimBuildFilesFromExcludes) the Dockerfile and `.dockerignore`
+    are sent even when a pattern excludes them.
+    """
+    from docker.utils.build import exclude_paths  # noqa: PLC0415 - only stacks that build pay its import
+
+    patterns = [*dockerignore_patterns(context), "!.dockerignore"]
+    return sorted(exclude_paths(str(context), patterns, dockerfile=dockerfile))
 
 
-def context_digest(context: Path) -> str | None:
-    """sha256 over the files a build would send (honouring .dockerignore), or None if absent."""
+def _feed_file(digest: Any, path: Path) -> None:
+    with path.open("rb") as stream:
+        while chunk := stream.read(1 << 20):
+            digest.update(chunk)
+
+
+def context_digest(context: Path, dockerfile: str = "Dockerfile") -> str | None:
+    """sha256 over exactly what a build sends: each path, its kind, its executable bit, and a file's bytes
+    or a link's target (links are sent as links, not followed). Files are streamed, never held whole.
+    None if the context is absent."""
     if not context.is_dir():
         return None
-    patterns = _ignore_patterns(context)
     digest = hashlib.sha256()
-    for path in sorted(p for p in context.rglob("*") if p.is_file()):
-        relative = path.relative_to(context).as_posix()
-        if relative.startswith(".git/") or _ignored(relative, patterns):
-            continue
-        digest.update(relative.encode() + b"\0" + path.read_bytes() + b"\0")
+    for relative in context_files(context, dockerfile):
+        path = context / relative
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            kind, payload = "link", os.readlink(path).encode()
+        elif stat.S_ISDIR(info.st_mode):
+            kind, payload = "dir", b""
+        elif stat.S_ISREG(info.st_mode):
+            kind, payload = "file", b""
+        else:
+            continue  # sockets and FIFOs are not sent (docker.utils.build.create_archive)
+        executable = "x" if info.st_mode & stat.S_IXUSR else "-"
+        digest.update(f"{kind}\0{executable}\0{relative}\0".encode() + payload)
+        if kind == "file":
+            _feed_file(digest, path)
+        digest.update(b"\0")
     return digest.hexdigest()
 
 
@@ -93,7 +112,7 @@ def release_tag(*, profile: str, recipes: Sequence[BuildRecipe], build_args: Map
     recipe = {
         "images": [
             {
-                "context": context_digest(Path(r.context)),
+                "context": context_digest(Path(r.context), r.dockerfile),
                 "dockerfile": hashlib.sha256(Path(r.dockerfile_path).read_bytes()).hexdigest()
                 if Path(r.dockerfile_path).is_file()
                 else r.dockerfile_path,

@@ -68,11 +68,18 @@ class GpuContainerArgs:
     labels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     must_succeed: Sequence[pulumi.Output[int]] = ()  # exit codes of jobs this one waits for
     keep_image: bool = False  # a job that already ran keeps its image: a rollback never re-runs it
+    placed_devices: pulumi.Input[Sequence[str]] | None = None  # a count's devices, chosen by the stack
 
 
-def device_requests(gpu: GpuRequest) -> list[docker.ContainerDeviceRequestArgs]:
+def device_requests(
+    gpu: GpuRequest, placed: pulumi.Input[Sequence[str]] | None = None
+) -> list[docker.ContainerDeviceRequestArgs]:
+    """The NVIDIA device request. A count placed on distinct devices (GPU UUIDs from the host's preflight)
+    asks for those devices, since Docker gives every bare count the first GPUs."""
     if gpu.mode == "all":
         return [docker.ContainerDeviceRequestArgs(driver="nvidia", count=-1, capabilities=["gpu"])]
+    if gpu.mode == "count" and placed is not None:
+        return [docker.ContainerDeviceRequestArgs(driver="nvidia", device_ids=placed, capabilities=["gpu"])]
     if gpu.mode == "count":
         return [docker.ContainerDeviceRequestArgs(driver="nvidia", count=gpu.count, capabilities=["gpu"])]
     if gpu.mode == "devices":
@@ -132,7 +139,7 @@ class GpuContainer(pulumi.ComponentResource):
             command=list(args.command) if args.command is not None else None,
             user=str(args.user),
             envs=envs,
-            device_requests=device_requests(args.gpu),
+            device_requests=device_requests(args.gpu, args.placed_devices),
             mounts=[
                 docker.ContainerMountArgs(
                     type="bind", source=m.source, target=m.target, read_only=m.read_only

@@ -3,8 +3,9 @@
 Creates, in order, each step waiting for the one before (over SSH with the pinned host key and an
 optional bastion, or as local commands for `host: local`):
 1. `driver`    install-driver.sh: verify the NVIDIA driver, or install it (nouveau blacklisted first);
-2. `preflight` the pynvml preflight (copied to the host with its pynvml module): the GPU model, driver,
-               CUDA driver version and MIG mode must match the profile; with `auto` it names the profile;
+2. `preflight` the pynvml preflight (copied to the host by HostRunners, checked before it runs): the GPU
+               model, driver, CUDA driver version and MIG mode must match the profile; with `auto` it
+               names the profile;
 3. `toolkit`   install-toolkit.sh: the NVIDIA Container Toolkit from NVIDIA's repository, pinned key;
 4. `runtime`   configure-runtime.sh: `nvidia-ctk runtime configure`, restart only on change;
 5. `verify`    verify-gpu.sh: nvidia-smi on the host, then in a throwaway CUDA container.
@@ -14,11 +15,10 @@ change (nothing random or time-based goes in). `ready` resolves once the last st
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import pulumi
@@ -26,10 +26,9 @@ import pulumi_command as command
 
 from components import host_scripts
 from components.options import child_options
+from components.runners import HostRunners
 
 Action = Literal["install", "verify", "skip"]
-PREFLIGHT_DIR = "/var/tmp/gpu-deploy-preflight"  # noqa: S108 - a fixed, documented place on the host
-COMPONENTS_DIR = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -60,20 +59,6 @@ class PreflightRequest:
         return args
 
 
-def preflight_bundle() -> pulumi.AssetArchive:
-    """preflight.py, profiles.py and the installed pynvml module, for a host without the bindings."""
-    spec = importlib.util.find_spec("pynvml")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("pynvml (nvidia-ml-py) is not installed: pip install -r requirements.txt")
-    return pulumi.AssetArchive(
-        {
-            "preflight.py": pulumi.FileAsset(str(COMPONENTS_DIR / "preflight.py")),
-            "profiles.py": pulumi.FileAsset(str(COMPONENTS_DIR / "profiles.py")),
-            "pynvml.py": pulumi.FileAsset(spec.origin),
-        }
-    )
-
-
 class GpuHost(pulumi.ComponentResource):
     facts: pulumi.Output[Any]  # the preflight's JSON report
     profile: pulumi.Output[str]  # the profile the preflight matched
@@ -84,6 +69,7 @@ class GpuHost(pulumi.ComponentResource):
         name: str,
         *,
         connection: command.remote.ConnectionArgs | None,
+        runners: HostRunners | None,
         provisioning: Provisioning,
         preflight: PreflightRequest,
         cuda_image_for: Callable[[str], str],
@@ -92,6 +78,7 @@ class GpuHost(pulumi.ComponentResource):
         super().__init__("gpu-deploy:host:GpuHost", name, None, opts)
         self._name = name
         self._connection = connection
+        self._runners = runners
         self._opts = opts
         previous: list[pulumi.Resource] = []
 
@@ -150,19 +137,12 @@ class GpuHost(pulumi.ComponentResource):
     def _preflight(
         self, request: PreflightRequest, after: list[pulumi.Resource]
     ) -> command.local.Command | command.remote.Command:
-        if self._connection is None:
+        if self._connection is None or self._runners is None:
             # The machine running Pulumi is the host: its own virtualenv has pynvml.
-            run = " ".join([".venv/bin/python", "-m", "components.preflight", *request.arguments()])
+            run = shlex.join([".venv/bin/python", "-m", "components.preflight", *request.arguments()])
             return self._command("preflight", run, None, after)
-        copy = command.remote.CopyToRemote(
-            f"{self._name}-preflight-files",
-            connection=self._connection,
-            source=preflight_bundle(),
-            remote_path=PREFLIGHT_DIR,
-            opts=child_options(self, self._opts, after=after),
-        )
-        run = " ".join(["python3", f"{PREFLIGHT_DIR}/preflight.py", *request.arguments()])
-        return self._command("preflight", run, None, [copy], triggers=[copy.id])
+        run = self._runners.command("preflight.py", request.arguments(), needs=["profiles.py", "pynvml.py"])
+        return self._command("preflight", run, None, [*after, *self._runners.copies])
 
     def _command(
         self,
@@ -170,18 +150,14 @@ class GpuHost(pulumi.ComponentResource):
         create: pulumi.Input[str],
         stdin: str | None,
         after: list[pulumi.Resource],
-        triggers: list[Any] | None = None,
     ) -> command.local.Command | command.remote.Command:
         opts = child_options(self, self._opts, after=after)
         if self._connection is None:
-            return command.local.Command(
-                f"{self._name}-{step}", create=create, stdin=stdin, triggers=triggers, opts=opts
-            )
+            return command.local.Command(f"{self._name}-{step}", create=create, stdin=stdin, opts=opts)
         return command.remote.Command(
             f"{self._name}-{step}",
             connection=self._connection,
             create=create,
             stdin=stdin,
-            triggers=triggers,
             opts=opts,
         )

@@ -1,12 +1,11 @@
 """SmokeTest: after the services are healthy, prove one answers like the real thing, where it stands.
 
-Creates, over SSH (or locally for `host: local`):
-1. a copy of the standard-library smoke runner (components/smoke.py) on the host;
-2. a command that runs it against the service's published port and inside its container, with the
-   checks on stdin (request headers never reach a command line), a deadline and retries while the
-   model warms up. A failed check fails `pulumi up` with the runner's one line: the check, and the
-   response it got with secret-looking values masked. Exit codes: 1 missing tool, 2 timeout,
-   3 malformed response, 4 expected file absent, 5 GPU check failed.
+Creates, over SSH (or locally for `host: local`), one command that runs the standard-library smoke runner
+(components/smoke.py, copied to the host by HostRunners and checked before it runs) against the service's
+published port and inside its container, with the checks on stdin (request headers never reach a command
+line), a deadline and retries while the model warms up. A failed check fails `pulumi up` with the runner's
+one line: the check, and the response it got with secret-looking values masked. Exit codes: 1 missing tool,
+2 timeout, 3 malformed response, 4 expected file absent, 5 GPU check failed.
 It runs again whenever the container it tests is replaced.
 """
 
@@ -14,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +23,9 @@ import pulumi
 import pulumi_command as command
 
 from components.options import child_options
+from components.runners import HostRunners
 
 SMOKE_RUNNER = Path(__file__).resolve().parent / "smoke.py"
-REMOTE_DIR = "/var/tmp/gpu-deploy-smoke"  # noqa: S108 - a fixed, documented place on the host
 
 
 @dataclass(frozen=True)
@@ -37,23 +37,19 @@ class SmokeSpec:
     deadline_s: int = 180
     interval_s: int = 2
 
-    def arguments(self, runner: str) -> str:
-        return " ".join(
-            [
-                "python3",
-                runner,
-                "--base-url",
-                self.base_url,
-                "--checks-file",
-                "-",
-                "--container",
-                self.container_name,
-                "--deadline",
-                str(self.deadline_s),
-                "--interval",
-                str(self.interval_s),
-            ]
-        )
+    def arguments(self) -> list[str]:
+        return [
+            "--base-url",
+            self.base_url,
+            "--checks-file",
+            "-",
+            "--container",
+            self.container_name,
+            "--deadline",
+            str(self.deadline_s),
+            "--interval",
+            str(self.interval_s),
+        ]
 
 
 class SmokeTest(pulumi.ComponentResource):
@@ -65,36 +61,30 @@ class SmokeTest(pulumi.ComponentResource):
         *,
         spec: SmokeSpec,
         connection: command.remote.ConnectionArgs | None,
+        runners: HostRunners | None,
         replaced_with: Sequence[pulumi.Input[Any]],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpu-deploy:ops:SmokeTest", name, None, opts)
         checks = json.dumps(list(spec.checks), sort_keys=True)
 
-        if connection is None:
+        if connection is None or runners is None:
             # The machine running Pulumi is the Docker host: run the runner from this checkout.
             run: command.local.Command | command.remote.Command = command.local.Command(
                 f"{name}-run",
-                create=spec.arguments(os.path.relpath(SMOKE_RUNNER)),
+                create=shlex.join(["python3", os.path.relpath(SMOKE_RUNNER), *spec.arguments()]),
                 stdin=checks,
                 triggers=list(replaced_with),
                 opts=child_options(self, opts),
             )
         else:
-            runner = command.remote.CopyToRemote(
-                f"{name}-runner",
-                connection=connection,
-                source=pulumi.FileAsset(os.path.relpath(SMOKE_RUNNER)),
-                remote_path=f"{REMOTE_DIR}/smoke.py",
-                opts=child_options(self, opts),
-            )
             run = command.remote.Command(
                 f"{name}-run",
                 connection=connection,
-                create=spec.arguments(f"{REMOTE_DIR}/smoke.py"),
+                create=runners.command("smoke.py", spec.arguments()),
                 stdin=checks,
-                triggers=[runner.id, *replaced_with],
-                opts=child_options(self, opts, after=[runner]),
+                triggers=list(replaced_with),
+                opts=child_options(self, opts, after=runners.copies),
             )
         self.passed = run.stdout
         self.register_outputs({"passed": self.passed})

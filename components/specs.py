@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
@@ -111,3 +114,107 @@ def check_image_pinned(image: str) -> None:
         raise ValueError(f"image {image!r} has no tag, so it means ':latest': pin a version tag or a digest")
     if tag is not None:
         raise ValueError(f"image {image!r} uses the floating tag {tag!r}: pin a version tag or a digest")
+
+
+# ---------------------------------------------------------------- pinned SSH host keys
+# The host key types a pin may have. pulumi-command offers the server only the pinned key's algorithm
+# (pulumi-command provider/pkg/provider/remote/connection.go: HostKeyAlgorithms = [key.Type()]); for an
+# RSA key that is the SHA-1 "ssh-rsa" signature, which OpenSSH 8.8 and newer refuse by default, so an RSA
+# pin can never connect. ed25519 and ECDSA keys sign the same way whatever the server's defaults.
+HOST_KEY_TYPES: dict[str, int] = {  # key type -> length of its public key blob in bytes
+    "ssh-ed25519": 32,
+    "ecdsa-sha2-nistp256": 65,  # uncompressed point: 0x04 || X || Y
+    "ecdsa-sha2-nistp384": 97,
+    "ecdsa-sha2-nistp521": 133,
+}
+
+
+@dataclass(frozen=True)
+class HostKey:
+    """A parsed public host key: `type` and the base64 `blob`, as `ssh-keyscan -t ed25519 HOST` prints."""
+
+    type: str
+    blob: str
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.blob}"
+
+
+def _ssh_strings(data: bytes) -> list[bytes]:
+    """The SSH wire strings (uint32 length + bytes) that make up a public key blob."""
+    fields: list[bytes] = []
+    while data:
+        if len(data) < 4:
+            raise ValueError("the key data ends in the middle of a field")
+        size = int.from_bytes(data[:4], "big")
+        if size > len(data) - 4:
+            raise ValueError("the key data is shorter than its fields say")
+        fields.append(data[4 : 4 + size])
+        data = data[4 + size :]
+    return fields
+
+
+def parse_host_key(text: str) -> HostKey:
+    """`TYPE BASE64 [comment]` -> HostKey, checked the way ssh parses it: the base64 decodes to the same
+    type name and a key of that type's size. Raises ValueError with a one-line reason."""
+    text = text.strip() if isinstance(text, str) else text
+    if not isinstance(text, str) or any(c in text for c in "\r\n\0"):
+        raise ValueError("a host key is one line: TYPE BASE64, as ssh-keyscan -t ed25519 HOST prints it")
+    words = text.split()
+    if (
+        len(words) >= 3
+        and words[0] not in HOST_KEY_TYPES
+        and (words[1] in HOST_KEY_TYPES or words[1] == "ssh-rsa")
+    ):
+        words = words[1:]  # ssh-keyscan's line: HOST TYPE BASE64
+    if len(words) < 2:
+        raise ValueError(
+            'expected a public host key such as "ssh-ed25519 AAAAC3..." (ssh-keyscan -t ed25519 HOST)'
+        )
+    key_type, blob = words[0], words[1]
+    if key_type == "ssh-rsa" or key_type.startswith("rsa-sha2-"):
+        raise ValueError(
+            "RSA host keys cannot be pinned: pulumi-command would offer only the SHA-1 ssh-rsa signature, "
+            "which current OpenSSH refuses; pin the host's ed25519 key (ssh-keyscan -t ed25519 HOST)"
+        )
+    if key_type not in HOST_KEY_TYPES:
+        raise ValueError(
+            f"host key type {key_type!r} is not one of {', '.join(HOST_KEY_TYPES)} "
+            "(ssh-keyscan -t ed25519 HOST prints the one to pin)"
+        )
+    try:
+        data = base64.b64decode(blob, validate=True)
+        fields = _ssh_strings(data)
+    except (ValueError, binascii.Error) as err:
+        raise ValueError(f"the {key_type} key is not valid base64 key data ({err})") from None
+    expected = [key_type.encode()]
+    if key_type.startswith("ecdsa-"):
+        expected.append(key_type.rsplit("-", 1)[1].encode())  # the curve: nistp256 ...
+    if fields[: len(expected)] != expected or len(fields) != len(expected) + 1:
+        raise ValueError(f"the key data is not a {key_type} public key (its fields name another type)")
+    point = fields[-1]
+    if len(point) != HOST_KEY_TYPES[key_type] or (key_type.startswith("ecdsa-") and point[:1] != b"\x04"):
+        raise ValueError(f"the key data is not a {key_type} public key ({len(point)}-byte key)")
+    return HostKey(key_type, blob)
+
+
+# ---------------------------------------------------------------- GPU placement on a Docker host
+def place_gpu_counts(counts: Mapping[str, int], devices: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Distinct devices for services that ask for a count of GPUs, in the order given (start order).
+
+    Docker turns a bare count into the first N GPU indexes (moby daemon/nvidia_linux.go, countToDevices),
+    so on a host with several GPUs every `gpu: 1` service would land on GPU 0. Here each service takes the
+    next free devices; only when the counts add up to more GPUs than the host has do services share, from
+    the first device on again. Raises ValueError when one service asks for more GPUs than exist.
+    """
+    placed: dict[str, tuple[str, ...]] = {}
+    cursor = 0
+    for name, count in counts.items():
+        if count > len(devices):
+            raise ValueError(
+                f"service {name} asks for {count} GPU{'s' if count > 1 else ''}, the host's preflight found "
+                f"{len(devices)}: lower services.{name}.gpu or deploy to a host with more GPUs"
+            )
+        placed[name] = tuple(devices[(cursor + i) % len(devices)] for i in range(count))
+        cursor = (cursor + count) % len(devices)
+    return placed

@@ -249,18 +249,23 @@ def _docker_gpu_problems(props: Mapping[str, Any], profile: GpuProfile | None) -
         if is_known(visible) and visible not in ("", "void", "none"):
             problems.append(f"profile {profile.key} has no GPU, but NVIDIA_VISIBLE_DEVICES={visible}")
     for request in device_requests:
-        count, ids = request.get("count"), _list(request.get("deviceIds"))
+        count, given_ids = request.get("count"), request.get("deviceIds")
+        # device ids placed at deploy time (from the host's preflight) are unknown in a preview, yet present
+        ids_unknown = given_ids is not None and not is_known(given_ids)
+        ids = [] if ids_unknown else _list(given_ids)
         if request.get("driver") != "nvidia":
             problems.append(f"device request driver is {request.get('driver')!r}, not 'nvidia'")
         capabilities = _list(request.get("capabilities"))
         if "gpu" not in capabilities and not any("gpu" in _list(c) for c in capabilities):
             problems.append("device request lacks the 'gpu' capability")
-        if ids and count not in (None, 0):
+        if (ids or ids_unknown) and count not in (None, 0):
             problems.append("device request sets both a count and device ids")
-        elif not ids and not (isinstance(count, int) and (count == -1 or count >= 1)):
+        elif not (ids or ids_unknown) and not (isinstance(count, int) and (count == -1 or count >= 1)):
             problems.append(f"device request count must be -1 (all) or >= 1, got {count!r}")
         if isinstance(count, int) and count >= 1 and visible == "all":
             problems.append(f"NVIDIA_VISIBLE_DEVICES=all exposes every GPU and defeats count {count}")
+        elif (ids or ids_unknown) and visible == "all":
+            problems.append("NVIDIA_VISIBLE_DEVICES=all exposes every GPU and defeats the device ids")
         known_ids = [str(i) for i in ids if is_known(i)]
         if known_ids and is_known(visible) and visible != ",".join(known_ids):
             problems.append(f"NVIDIA_VISIBLE_DEVICES={visible} differs from the device ids {known_ids}")

@@ -1,6 +1,7 @@
 """`python -m stacks`: the offline plan and stack listing.
 
     python -m stacks plan STACK [--config-file FILE] [--json] [--preview]
+    python -m stacks sources STACK [--config-file FILE] [--check]
     python -m stacks list
     python -m stacks diff STACK (--config-file OTHER | --against GIT_REF) [--json]
     python -m stacks render STACK --out DIR [--config-file FILE]
@@ -138,6 +139,25 @@ def cmd_list(_: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sources(args: argparse.Namespace) -> int:
+    """The build contexts the stack reads, one a line; with --check, exit 1 naming those absent."""
+    prepare(args.stack, config_file=Path(args.config_file) if args.config_file else None)
+    config = load().config
+    if config.target.kind != "docker":
+        return EXIT_OK
+    from stacks.docker import build_contexts  # noqa: PLC0415 (only Docker stacks build)
+
+    contexts = build_contexts(config)
+    for context in contexts:
+        print(context)
+    missing = [c for c in contexts if not (PROJECT_DIR / c).is_dir()]
+    if args.check and missing:
+        raise PlanError(
+            f"stack {args.stack} builds from {', '.join(missing)}: not checked out beside this project"
+        )
+    return EXIT_OK
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     """Before -> after: STACK's own file -> OTHER, or the repository at GIT_REF -> the working tree."""
     stack: str = args.stack
@@ -181,6 +201,11 @@ def parser() -> argparse.ArgumentParser:
     plan.set_defaults(func=cmd_plan)
     listing = sub.add_parser("list", help="each stack with its profile and target")
     listing.set_defaults(func=cmd_list)
+    sources = sub.add_parser("sources", help="the build contexts a stack reads (checked out beside this one)")
+    sources.add_argument("stack")
+    sources.add_argument("--config-file", help="a stack config file instead of Pulumi.STACK.yaml")
+    sources.add_argument("--check", action="store_true", help="exit 1 when a context is not checked out")
+    sources.set_defaults(func=cmd_sources)
     diff = sub.add_parser("diff", help="what a change would create, replace, update or delete, offline")
     diff.add_argument("stack")
     other = diff.add_mutually_exclusive_group(required=True)

@@ -40,6 +40,7 @@ from components.specs import (
     check_image_pinned,
     floating_tag,
     looks_secret,
+    parse_host_key,
 )
 
 if TYPE_CHECKING:
@@ -263,9 +264,21 @@ class CudaOverrides(Model):
 
 
 class RegistryConfig(Model):
-    server: str
-    username: str
+    # a registry host as Docker names it: `ghcr.io`, `registry.internal:5000` (no scheme, no path)
+    server: Annotated[
+        str,
+        Field(
+            pattern=r"^(localhost|[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+)(:\d{1,5})?$"
+        ),
+    ]
+    username: Annotated[str, Field(min_length=1)]
     password: str  # always a Pulumi secret
+
+    def qualify(self, repository: str) -> str:
+        """The repository as pushed and pulled: `server/repository`. pulumi-docker's Image pushes to the
+        registry its imageName names (Docker Hub without a host), whatever `registry.server` says
+        (pulumi-docker v5.1.0 provider/image.go)."""
+        return repository if repository.startswith(f"{self.server}/") else f"{self.server}/{repository}"
 
 
 class ImageConfig(Model):
@@ -291,11 +304,19 @@ class ImageConfig(Model):
         return args
 
 
+def _pinned_host_key(key: str | None) -> str | None:
+    """A pinned host key that ssh can really use (components.specs.parse_host_key), normalised."""
+    return None if key is None else str(parse_host_key(key))
+
+
+HostKeyField = Annotated[str, AfterValidator(_pinned_host_key)]
+
+
 class Bastion(Model):
     host: str
     user: str = "root"
     port: int = Field(default=22, ge=1, le=65535)
-    host_key: str
+    host_key: HostKeyField
 
 
 class DockerTarget(Model):
@@ -303,7 +324,7 @@ class DockerTarget(Model):
     host: Annotated[str, Field(min_length=1)] = "local"
     user: str = "root"
     port: int = Field(default=22, ge=1, le=65535)
-    host_key: str | None = None  # pinned SSH host key: "ssh-ed25519 AAAA..."
+    host_key: HostKeyField | None = None  # pinned SSH host key: "ssh-ed25519 AAAA..."
     ssh_key: str | None = None  # private key (a Pulumi secret); the agent is used without it
     bastion: Bastion | None = None
     root: RootDir | None = None  # where relative bind sources live on the host
@@ -311,17 +332,6 @@ class DockerTarget(Model):
     @property
     def is_local(self) -> bool:
         return self.host == "local"
-
-    @field_validator("host_key")
-    @classmethod
-    def _host_key_shape(cls, key: str | None) -> str | None:
-        if key is not None and not re.fullmatch(
-            r"(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp\d+) [A-Za-z0-9+/=]+", key
-        ):
-            raise ValueError(
-                'expected a public host key such as "ssh-ed25519 AAAAC3..." (ssh-keyscan -t ed25519 HOST)'
-            )
-        return key
 
     @model_validator(mode="after")
     def _ssh_needs_host_key(self) -> DockerTarget:

@@ -49,7 +49,6 @@ REPLACE_ON_ANY_CHANGE: dict[str, str] = {
     "docker:index/container:Container": "the Docker provider recreates a container for nearly every argument",
     "docker:index/image:Image": "a different build is a different image",
     "docker:index/remoteImage:RemoteImage": "a different reference is a different image",
-    "command:remote:CopyToRemote": "the copy is made again",
     "docker:index/network:Network": "a Docker network cannot be changed in place",
 }
 
@@ -59,6 +58,9 @@ REPLACE_ON_KEYS: dict[str, frozenset[str]] = {
     # No `update` step is set here, so the command provider replaces (runs `create` again) instead.
     "command:remote:Command": COMMAND_REPLACE_KEYS,
     "command:local:Command": COMMAND_REPLACE_KEYS,
+    # pulumi-command v1.2.1 provider/pkg/provider/remote/copyController.go: triggers replace; a new source
+    # or remotePath is an update that copies again (a source of the same content copies nothing).
+    "command:remote:CopyToRemote": frozenset({"triggers"}),
 }
 PROVIDER_PREFIX = "pulumi:providers:"
 PROVIDER_REPLACE_KEYS = frozenset({"host"})  # a provider for another host is another provider
@@ -177,22 +179,34 @@ def mentions(value: Any, needle: str) -> bool:
     return False
 
 
+def same_content(a: Any, b: Any) -> bool:
+    """Equal values; two file assets are equal when their content is (the plan records its hash), wherever
+    the checkout that holds them lies."""
+    if isinstance(a, dict) and isinstance(b, dict) and "hash" in a and "hash" in b:
+        return bool(a["hash"] == b["hash"])
+    return bool(a == b)
+
+
 def input_changes(
     before: Mapping[str, Any],
     after: Mapping[str, Any],
     *,
-    dependency_changed: bool = False,
+    moving: Collection[str] = (),
     new_ids: Collection[str] = (),
 ) -> list[tuple[str, str, bool]]:
     """(key, detail, unknown) for each top-level input key that changes, minus the after side's ignoreChanges.
 
     `before`/`after` are resources as in a plan JSON. A value the same on both sides is still a possible
-    change ("unknown until deploy") when it holds `[unknown]` and `dependency_changed` (a dependency is
-    created, replaced or updated, so what it hands on is computed again), or when it holds one of
+    change ("unknown until deploy") when it holds `[unknown]` and a resource the key's value comes from is
+    in `moving` (created, replaced or updated, so what it hands on is computed again: the key's property
+    dependencies, or every dependency where a plan has none recorded), or when it holds one of
     `new_ids`, the ids of dependencies that are created or replaced (the mocks' ids never change; a real
     replacement gets a new id, e.g. a `triggers` entry naming a container's id).
     """
-    ignored = set((after.get("options") or {}).get("ignoreChanges") or [])
+    options = after.get("options") or {}
+    ignored = set(options.get("ignoreChanges") or [])
+    by_key: Mapping[str, Collection[str]] | None = options.get("propertyDependencies")
+    every = options.get("dependsOn") or []
     old: Mapping[str, Any] = before.get("inputs") or {}
     new: Mapping[str, Any] = after.get("inputs") or {}
     result: list[tuple[str, str, bool]] = []
@@ -200,7 +214,9 @@ def input_changes(
         if key in ignored:
             continue
         a, b = old.get(key, _MISSING), new.get(key, _MISSING)
-        if a == b:
+        if same_content(a, b):
+            sources = every if by_key is None else by_key.get(key, ())
+            dependency_changed = any(d in moving for d in sources)
             unknown = (dependency_changed and has_unknown(b)) or any(mentions(b, i) for i in new_ids)
             if not unknown:
                 continue
@@ -249,7 +265,7 @@ def diff_plans(before: Mapping[str, Any], after: Mapping[str, Any], stack: str |
             keys = input_changes(
                 old[urn],
                 new[urn],
-                dependency_changed=bool(moving),
+                moving={c.urn for c in moving},
                 new_ids=[mock_id(c.name) for c in moving if c.action in ("create", "replace")],
             )
             if not keys:

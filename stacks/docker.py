@@ -12,35 +12,73 @@ import shlex
 from pathlib import Path
 
 import pulumi
-import pulumi_command as command
 
 from components.cuda_image import BuildRecipe, CudaImage, RegistryLogin, release_tag
-from components.docker_host import DockerHost, SshEndpoint
+from components.docker_host import DockerHost
 from components.gpu_container import GpuContainer, GpuContainerArgs, HealthcheckSpec, Mount
 from components.gpu_host import GpuHost, PreflightRequest, Provisioning
 from components.host_dirs import HostDirectories
 from components.profiles import PROFILES, GpuProfile
+from components.runners import HostRunners
 from components.smoke_test import SmokeSpec, SmokeTest
-from components.specs import NO_GPU, UserSpec
-from stacks.config import DockerTarget, Healthcheck, ImageConfig, ResolvedStack, Service, smoke_checks
+from components.specs import NO_GPU, UserSpec, place_gpu_counts
+from components.ssh import SshTarget, command_connection, docker_ssh_opts, identity_file, write_identity
+from stacks.config import (
+    DockerTarget,
+    Healthcheck,
+    ImageConfig,
+    ResolvedStack,
+    Service,
+    StackConfig,
+    smoke_checks,
+)
 
 BUILD = "build"
 DEFAULT_DRIVER_BRANCH = "580"
 DEFAULT_DRIVER_CAPABILITIES = "compute,utility"
 
 
-def http_probe(path: str, port: int) -> str:
-    """A health probe that works whichever of curl, wget or python3 the image has."""
-    url = shlex.quote(f"http://127.0.0.1:{port}{path}")
-    return (
-        f"curl -fsS -o /dev/null {url} || wget -q -O /dev/null {url} || "
-        f"python3 -c 'import sys,urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' {url}"
-    )
+# The HTTP health probe, tried in this order with whatever the image has. `nvidia/cuda` runtime images and
+# slim images ship none of curl, wget, python3 or node, but they have bash: its /dev/tcp speaks HTTP/1.0.
+# An image with none of them gets a health log line that says what to set instead.
+_BASH_HTTP_GET = (
+    'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; '
+    'printf "GET %s HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n" "$2" >&3; '
+    'read -r _ code _ <&3; case "$code" in 2??|3??) exit 0;; esac; '
+    'echo "GET $2 answered HTTP status ${code:-(none)}"; exit 1'
+)
+_PYTHON_HTTP_GET = (
+    "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))"
+)
+_NODE_HTTP_GET = (
+    'require("http").get(process.argv[1], (r) => process.exit(r.statusCode < 400 ? 0 : 1))'
+    '.on("error", (e) => { console.log(String(e)); process.exit(1); })'
+)
+NO_PROBE_TOOL = (
+    "no curl, wget, python3, node or bash in this image to probe HTTP: "
+    "set healthcheck.command to a check the image can run"
+)
+
+
+def http_probe(path: str, port: int, timeout_s: int = 10) -> str:
+    """A `CMD-SHELL` health probe (run by the image's /bin/sh) that works with curl, wget, python3, node
+    or bash alone; an HTTP status of 400 or more, or no answer, is unhealthy."""
+    q = shlex.quote
+    url = f"http://127.0.0.1:{port}{path}"
+    tries = [
+        ("curl", f"curl -fsS -o /dev/null --max-time {timeout_s} {q(url)}"),
+        ("wget", f"wget -q -O /dev/null -T {timeout_s} {q(url)}"),
+        ("python3", f"python3 -c {q(_PYTHON_HTTP_GET)} {q(url)} {timeout_s}"),
+        ("node", f"node -e {q(_NODE_HTTP_GET)} {q(url)}"),
+        ("bash", f"bash -c {q(_BASH_HTTP_GET)} probe {port} {q(path)}"),
+    ]
+    steps = [f"if command -v {tool} >/dev/null 2>&1; then exec {run}; fi" for tool, run in tries]
+    return "; ".join([*steps, f"echo {q(NO_PROBE_TOOL)}; exit 1"])
 
 
 def healthcheck_spec(check: Healthcheck) -> HealthcheckSpec:
     if check.http is not None:
-        test: tuple[str, ...] = ("CMD-SHELL", http_probe(check.http.path, check.http.port))
+        test: tuple[str, ...] = ("CMD-SHELL", http_probe(check.http.path, check.http.port, check.timeout))
     elif isinstance(check.command, str):
         test = ("CMD-SHELL", check.command)
     else:
@@ -48,27 +86,34 @@ def healthcheck_spec(check: Healthcheck) -> HealthcheckSpec:
     return HealthcheckSpec(test, check.interval, check.timeout, check.retries, check.start_period)
 
 
-def ssh_connection(target: DockerTarget) -> command.remote.ConnectionArgs | None:
-    """How remote commands reach the host: pinned host key, optional key and bastion."""
+def ssh_target(target: DockerTarget) -> SshTarget | None:
+    """The one SSH connection both transports use (None for the local engine)."""
     if target.is_local:
         return None
     bastion = target.bastion
-    return command.remote.ConnectionArgs(
+    return SshTarget.of(
         host=target.host,
         port=target.port,
         user=target.user,
-        host_key=target.host_key,
-        private_key=pulumi.Output.secret(target.ssh_key) if target.ssh_key else None,
-        proxy=command.remote.ProxyConnectionArgs(
-            host=bastion.host,
-            port=bastion.port,
-            user=bastion.user,
-            host_key=bastion.host_key,
-            private_key=pulumi.Output.secret(target.ssh_key) if target.ssh_key else None,
-        )
-        if bastion
-        else None,
+        host_key=target.host_key or "",
+        bastion=(bastion.host, bastion.port, bastion.user, bastion.host_key) if bastion else None,
     )
+
+
+def docker_transport(ssh: SshTarget, target: DockerTarget, stack: str) -> pulumi.Output[list[str]]:
+    """The Docker provider's sshOpts; with `target.sshKey`, its key file is written first, every run."""
+    if target.ssh_key is None:
+        return pulumi.Output.from_input(docker_ssh_opts(ssh, None))
+    identity = identity_file(pulumi.get_project(), stack)
+    written = pulumi.Output.secret(target.ssh_key).apply(lambda key: write_identity(identity, key))
+    return pulumi.Output.unsecret(written.apply(lambda _: docker_ssh_opts(ssh, identity)))
+
+
+def registry_login(image: ImageConfig | None) -> RegistryLogin | None:
+    if image is None or image.registry is None:
+        return None
+    login = image.registry
+    return RegistryLogin(login.server, login.username, pulumi.Output.secret(login.password))
 
 
 def recipe_for(svc: Service, image: ImageConfig) -> BuildRecipe:
@@ -79,6 +124,15 @@ def recipe_for(svc: Service, image: ImageConfig) -> BuildRecipe:
     same_source = (context, dockerfile) == (image.context, image.dockerfile)
     target = own.target if own and own.target else (image.target if same_source else None)
     return BuildRecipe(context, dockerfile, target)
+
+
+def build_contexts(config: StackConfig) -> list[str]:
+    """The build contexts `pulumi up` reads (none when a tag is pinned: the rollback path builds nothing).
+    pulumi-docker's Image hashes its context and opens its Dockerfile at Check, so at preview too."""
+    image = config.image
+    if image is None or image.tag:
+        return []
+    return sorted({recipe_for(svc, image).context for svc in config.services.values() if svc.image == BUILD})
 
 
 def image_naming(
@@ -155,17 +209,13 @@ def build_images(
             )
         )
     )
-    registry = (
-        RegistryLogin(
-            image.registry.server, image.registry.username, pulumi.Output.secret(image.registry.password)
-        )
-        if image.registry
-        else None
-    )
+    registry = registry_login(image)
     by_recipe: dict[BuildRecipe, CudaImage] = {}
     for name, recipe in recipes.items():
         if recipe not in by_recipe:
             resource, repository, suffix = image_naming(recipe, main, image, name)
+            if image.registry is not None:
+                repository = image.registry.qualify(repository)
             by_recipe[recipe] = CudaImage(
                 resource,
                 repository=repository,
@@ -179,17 +229,24 @@ def build_images(
     return {name: by_recipe[recipe] for name, recipe in recipes.items()}
 
 
+def devices_of(
+    placement: pulumi.Output[dict[str, tuple[str, ...]]], service: str
+) -> pulumi.Output[list[str]]:
+    return placement.apply(lambda placed: list(placed[service]))
+
+
 def deploy(stack: ResolvedStack) -> None:
     config = stack.config
     target = config.target
     if not isinstance(target, DockerTarget):  # stacks.deploy dispatches on target.kind
         raise TypeError(f"the docker target got a {target.kind} stack")
     profile = stack.profile  # None: detected on the host by its preflight
-    ssh = (
-        None if target.is_local else SshEndpoint(target.host, target.user, target.port, target.host_key or "")
-    )
-    connection = ssh_connection(target)
+    ssh = ssh_target(target)
+    connection = command_connection(ssh, target.ssh_key) if ssh else None
     services = {name: config.services[name] for name in stack.start_order()}
+
+    # 0. The programs the deploy runs on the host (preflight, smoke runner), in the deploy user's own place.
+    runners = HostRunners("runners", stack=stack.stack, connection=connection) if connection else None
 
     # 1. The GPU host: driver, preflight, toolkit, runtime, proof in a container (none for cpu).
     gpu_host: GpuHost | None = None
@@ -198,6 +255,7 @@ def deploy(stack: ResolvedStack) -> None:
         gpu_host = GpuHost(
             "gpu-host",
             connection=connection,
+            runners=runners,
             provisioning=provisioning(stack),
             preflight=PreflightRequest(
                 profile=profile.key if profile else "auto",
@@ -211,7 +269,13 @@ def deploy(stack: ResolvedStack) -> None:
     after_host: list[pulumi.Resource] = [gpu_host] if gpu_host else []
 
     # 2. The Docker engine: provider and network.
-    host = DockerHost("host", ssh=ssh, network_name=f"gpu-deploy-{stack.stack}")
+    host = DockerHost(
+        "host",
+        docker_url=ssh.docker_url if ssh else None,
+        ssh_opts=docker_transport(ssh, target, stack.stack) if ssh else None,
+        network_name=f"gpu-deploy-{stack.stack}",
+        registry=registry_login(config.image),
+    )
     on_host = pulumi.ResourceOptions(providers=[host.provider], depends_on=after_host)
 
     # 3. Host directories behind bind mounts, one command per owner; disabled services' too, so stopping
@@ -230,8 +294,15 @@ def deploy(stack: ResolvedStack) -> None:
     # 4. Images: one per distinct (context, Dockerfile, stage) in use, all with the stack's release tag.
     images = build_images(stack, services, profile_key, on_host)
 
-    # 5. Jobs and services in dependency order.
+    # 5. Jobs and services in dependency order; services that ask for a count of GPUs get distinct
+    #    devices of the host (its preflight lists them), not all the first GPU.
     gpu_available = profile is None or profile.is_gpu
+    counts = {name: svc.gpu.count for name, svc in services.items() if svc.gpu.mode == "count"}
+    placement = (
+        gpu_host.facts.apply(lambda facts: place_gpu_counts(counts, [g["uuid"] for g in facts["gpus"]]))
+        if gpu_host is not None and counts and gpu_available
+        else None
+    )
     containers: dict[str, GpuContainer] = {}
     for name, svc in services.items():
         gpu = svc.gpu if gpu_available else NO_GPU
@@ -260,6 +331,7 @@ def deploy(stack: ResolvedStack) -> None:
             restart=svc.effective_restart,
             one_shot=svc.one_shot,
             keep_image=svc.one_shot and bool(config.image and config.image.tag),
+            placed_devices=devices_of(placement, name) if placement is not None and name in counts else None,
             labels={
                 "io.gpu-deploy.stack": stack.stack,
                 "io.gpu-deploy.service": name,
@@ -285,6 +357,7 @@ def deploy(stack: ResolvedStack) -> None:
                 f"smoke-{name}",
                 spec=SmokeSpec(name, f"{stack.stack}-{name}", base_url(svc), checks, svc.smoke_deadline),
                 connection=connection,
+                runners=runners,
                 replaced_with=[containers[name].container.id],
                 opts=pulumi.ResourceOptions(depends_on=everything),
             )
@@ -295,7 +368,12 @@ def deploy(stack: ResolvedStack) -> None:
         pulumi.export("gpu", gpu_host.facts)
     main_image = next((images[n] for n in services if n in images and services[n].build is None), None)
     if main_image is not None and config.image is not None:
-        pulumi.export("imageRepository", config.image.repository)
+        pulumi.export(
+            "imageRepository",
+            config.image.registry.qualify(config.image.repository)
+            if config.image.registry
+            else config.image.repository,
+        )
         pulumi.export("imageTag", main_image.tag)
         pulumi.export("imageRef", main_image.ref)
     pulumi.export("services", {name: f"{stack.stack}-{name}" for name in services})

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -108,7 +109,11 @@ def plain(value: Any) -> Any:
                 return SECRET_PLACEHOLDER
             return plain(value["value"]) if "value" in value else UNKNOWN_PLACEHOLDER
         if sig in (_ASSET_SIG, _ARCHIVE_SIG):
-            return {k: plain(v) for k, v in value.items() if k in ("path", "text", "uri", "hash")}
+            asset = {k: plain(v) for k, v in value.items() if k in ("path", "text", "uri", "hash")}
+            if "hash" not in asset and sig == _ASSET_SIG and Path(str(asset.get("path", ""))).is_file():
+                # the engine's asset hash: sha256 of the file's bytes (what a copy compares)
+                asset["hash"] = hashlib.sha256(Path(str(asset["path"])).read_bytes()).hexdigest()
+            return asset
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list):
         return [plain(v) for v in value]
@@ -132,12 +137,19 @@ class RecordingMonitor(mocks.MockMonitor):
     """The mock monitor, also keeping each registration's options and the stack's outputs."""
 
     def __init__(self, plan: Plan) -> None:
-        super().__init__(_PlanMocks())
+        self.plan_mocks = _PlanMocks()
+        super().__init__(self.plan_mocks)
         self.plan = plan
         self.stack_urn = ""
         self.thread_loops: set[asyncio.AbstractEventLoop] = set()
 
     def RegisterResource(self, request: Any) -> Any:
+        # The SDK leaves unknown inputs out of what it hands the mocks: tell them which ones they were.
+        self.plan_mocks.unknown_inputs = {
+            key
+            for key, value in request.object.fields.items()
+            if value.WhichOneof("kind") == "string_value" and value.string_value == _UNKNOWN
+        }
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         self.thread_loops.add(_ensure_event_loop())  # type: ignore[no-untyped-call]  # this thread's loop
         dependencies = set(request.dependencies)
@@ -160,6 +172,9 @@ class RecordingMonitor(mocks.MockMonitor):
                     "retainOnDelete": bool(request.retainOnDelete),
                     "provider": _provider_urn(request.provider),
                     "ignoreChanges": sorted(request.ignoreChanges),
+                    "propertyDependencies": {
+                        key: sorted(deps.urns) for key, deps in sorted(request.propertyDependencies.items())
+                    },
                 },
             )
         )
@@ -180,10 +195,20 @@ DEPLOY_TIME_OUTPUTS: dict[str, tuple[str, ...]] = {
 
 
 class _PlanMocks(mocks.Mocks):
-    """No cloud: a resource's state is what it was given; nothing else is invented."""
+    """No cloud: a resource's state is what it was given; nothing else is invented.
+
+    An input that was unknown stays unknown in the state. The SDK leaves unknown inputs out of what it
+    hands the mocks, and resolves a missing output as a known None in a plan of `pulumi up`, which would
+    show an `auto` stack's image as None and drop the containers' dependency on the build.
+    """
+
+    def __init__(self) -> None:
+        self.unknown_inputs: set[str] = set()
 
     def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
         state = dict(args.inputs)
+        for key in self.unknown_inputs:
+            state[key] = _UNKNOWN
         for output in DEPLOY_TIME_OUTPUTS.get(args.typ, ()):
             state[output] = _UNKNOWN
         return f"{args.name}-id", state

@@ -70,7 +70,7 @@ def generated_stack(services: int) -> dict[str, Any]:
                 "kind": "docker",
                 "host": "bench.gpu.internal",
                 "user": "deploy",
-                "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBenchHostKey",
+                "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPBenchHostKeyPlaceholderReplaceMe0000000000",
                 "root": "/srv/bench",
             },
             "gpu-deploy:image": {

@@ -24,13 +24,18 @@ def stack_config(stack: str) -> dict[str, Any]:
     return dict(doc["config"])
 
 
-def plan_with(tmp_path: Path, stack: str, edit: Any, *, preview: bool = False) -> Plan:
-    """Plan `stack` with its config changed by `edit(config)` (a copy, written to a temp file)."""
+def write_config(tmp_path: Path, edit: Any, stack: str = "prod") -> Path:
+    """`stack`'s config changed by `edit(config)`, as a copy in a temp file."""
     config = copy.deepcopy(stack_config(stack))
     edit(config)
     path = tmp_path / f"Pulumi.{stack}.edited.yaml"
     path.write_text(yaml.safe_dump({"config": config}))
-    return make_plan(stack, config_file=path, preview=preview)
+    return path
+
+
+def plan_with(tmp_path: Path, stack: str, edit: Any, *, preview: bool = False) -> Plan:
+    """Plan `stack` with its config changed by `edit(config)` (a copy, written to a temp file)."""
+    return make_plan(stack, config_file=write_config(tmp_path, edit, stack), preview=preview)
 
 
 def containers(plan: Plan) -> dict[str, PlannedResource]:

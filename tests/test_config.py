@@ -24,7 +24,7 @@ from components.specs import GpuRequest
 from stacks.config import ConfigError, DockerTarget, StackConfig, resolve_profile, validate
 
 ROOT = Path(__file__).resolve().parents[1]
-HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPpr0dP40HostKeyPinnedFromSshKeyscanReplaceMe"
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPP40HostKeyPlaceholderReplaceMe000000000000"
 GPU_UUID = "GPU-5f3c2b1a-7d6e-4c5b-9a8f-0e1d2c3b4a59"
 MIG_UUID = "MIG-4f3c2b1a-aaaa-bbbb-cccc-1234567890ab"
 DELETE = object()  # a change that removes the key
@@ -246,20 +246,70 @@ def test_ssh_host_needs_a_host_key() -> None:
     assert load(local)[0].target.is_local
 
 
-@pytest.mark.parametrize(
-    "key",
-    ["AAAAC3NzaC1lZDI1NTE5", "ssh-ed25519", "ssh-dss AAAAB3Nza", "ssh-ed25519 AAAA\nssh-rsa AAAA", ""],
+# Real public keys made with ssh-keygen (public keys are no secret).
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL8war8sJe6U3kmQHIT7Umy2qtAlRF7xs29MLzDt2aNi"
+ECDSA_256 = (
+    "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBIoKl98itahOqrprcFuksqOtBs2q9u/"
+    "fVTc4JV55AcwYjZmm8j6o1d4uG5RXIM+PRRfHubDBO5a32dqBa9wS8R0="
 )
-def test_host_key_shape(key: str) -> None:
-    rejected(
-        changed(("target.hostKey", key)), "target.hostKey", 'expected a public host key such as "ssh-ed25519'
-    )
+ECDSA_384 = (
+    "ecdsa-sha2-nistp384 AAAAE2VjZHNhLXNoYTItbmlzdHAzODQAAAAIbmlzdHAzODQAAABhBFmcgM1oBqZnARM9/ZYm7AOL2mTDlywJKLe"
+    "qxXGl6UwKsvDte4b3LFh0JYTCHfshXgFkvm6pSwGnAu5I6czCNlvdFme8k8rjm7WsdNKMW8eFIzCjWby4PnIdeZ+KoiEkFQ=="
+)
+ECDSA_521 = (
+    "ecdsa-sha2-nistp521 AAAAE2VjZHNhLXNoYTItbmlzdHA1MjEAAAAIbmlzdHA1MjEAAACFBAHoysCJE0e4k34GeU1fEZMINJMKszertOq"
+    "fQGYRtJ7dmlYdqdTEbSNmuUs4jwkgJ6VwunIirY2NpiNloyN9tjjxlQGTQ66iWjpN1hOgq9BzWkVGev6k8jXYMylWuUWm5XxB1tSyFG9vS/"
+    "NIrWjZhDz/7gc/zs/apMDfTm49r28Wt/hs+g=="
+)
+RSA = (
+    "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQDE5FfEMujhUCEXzbuzwIasYubvjk0//CbAih8HrXXQ98BXburkOvEuVH6XF1k1YvmIgV2O"
+    "oz3fecSwjOsKlwH9F62IcNn99hWzVeJ0tQJO3XwAFl60WJ3UHFXH8zD9Kt8LBsX43Olchl+gtvUbf7irFwyb4X7ITICcTqeZDqPf5TNSwFe5"
+    "gnjjEm73ZO8zPj07EXRYZlfkmRQ+n1wKg6VWQgupkdtaKPB0anc92VyGPPAa4KNPVqDpYBHgysaXwt7sGT6puuDJiNL7oQM/Icdcq1DIbvyG"
+    "HJJ0gF4memJlHGBbzTL8aqEaa9rjVSsYkwpEBUzMAHX0+0RbxC9SCs+Z"
+)
 
 
-@pytest.mark.parametrize("key", [HOST_KEY, "ssh-rsa AAAAB3NzaC1yc2E=", "ecdsa-sha2-nistp256 AAAAE2VjZHNh"])
+@pytest.mark.parametrize(
+    ("key", "fragment"),
+    [
+        ("AAAAC3NzaC1lZDI1NTE5", 'expected a public host key such as "ssh-ed25519'),
+        ("ssh-ed25519", 'expected a public host key such as "ssh-ed25519'),
+        ("", 'expected a public host key such as "ssh-ed25519'),
+        ("ssh-ed25519 AAAA\nssh-rsa AAAA", "a host key is one line"),
+        ("ssh-dss AAAAB3Nza", "host key type 'ssh-dss' is not one of ssh-ed25519, ecdsa-sha2-nistp256"),
+        (RSA, "RSA host keys cannot be pinned: pulumi-command would offer only the SHA-1 ssh-rsa signature"),
+        ("ssh-ed25519 AAAA!!!!", "is not valid base64 key data"),
+        # a regex-shaped key that is no key: the old placeholders, a truncated key, another type's data
+        (
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPpr0dP40HostKeyPinnedFromSshKeyscanReplaceMe",
+            "not valid base64",
+        ),
+        ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL8war8sJe6U3kmQHIT7Umy2qtAl", "shorter than its fields say"),
+        ("ssh-ed25519 " + ECDSA_256.split()[1], "its fields name another type"),
+        ("ecdsa-sha2-nistp384 " + ECDSA_256.split()[1], "its fields name another type"),
+    ],
+)
+def test_host_key_must_parse(key: str, fragment: str) -> None:
+    rejected(changed(("target.hostKey", key)), "target.hostKey", fragment)
+
+
+@pytest.mark.parametrize(
+    "key", [HOST_KEY, ED25519, ECDSA_256, ECDSA_384, ECDSA_521, ED25519 + " root@gpu-host"]
+)
 def test_host_key_accepted(key: str) -> None:
     target = load(changed(("target.hostKey", key)))[0].target
-    assert isinstance(target, DockerTarget) and target.host_key == key
+    assert isinstance(target, DockerTarget) and target.host_key == " ".join(key.split()[:2])
+
+
+def test_host_key_as_ssh_keyscan_prints_it() -> None:
+    target = load(changed(("target.hostKey", "p40.gpu.internal " + ED25519)))[0].target
+    assert isinstance(target, DockerTarget) and target.host_key == ED25519
+
+
+def test_bastion_host_key_is_checked_too() -> None:
+    bastion = {"host": "jump.internal", "hostKey": RSA}
+    rejected(changed(("target.bastion", bastion)), "target.bastion.hostKey", "RSA host keys cannot be pinned")
+    rejected(changed(("target.bastion", {**bastion, "hostKey": ""})), "target.bastion.hostKey", "expected a")
 
 
 @pytest.mark.parametrize("root", ["srv/app", "./srv", "/", "//", "/srv/../etc", "/srv/.."])

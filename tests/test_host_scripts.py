@@ -8,16 +8,20 @@ keeps package/driver state in files, so installs, restarts and reboots are obser
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import stat
 import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from components.host_scripts import SCRIPTS_DIR, command_line, script, script_names
+from components.host_scripts import SCRIPTS_DIR, command_line, command_with_script, script, script_names
 from tests.tools import dev_tool
 
 FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"
@@ -133,7 +137,9 @@ fi
 exit 0
 """,
     "docker": '[ "${STUB_DOCKER_FAIL:-0}" = 1 ] && { echo "could not select device driver" >&2; exit 125; }\n'
+    'if [ "${1:-}" = info ]; then echo "${STUB_DOCKER_RUNTIMES:-{\\"nvidia\\":{},\\"runc\\":{}}}"; fi\n'
     "exit 0\n",
+    "ps": 'echo "${STUB_DOCKERD_ETIMES:-}"\n',
     "ctr": '[ "${STUB_CTR_FAIL:-0}" = 1 ] && exit 1\nexit 0\n',
     "microk8s": '[ "${STUB_CTR_FAIL:-0}" = 1 ] && exit 1\nexit 0\n',
     "snap": "exit 0\n",
@@ -216,8 +222,8 @@ def test_script_inlines_common_once() -> None:
         "configure-runtime",
         "install-driver",
         "install-toolkit",
-        "pin-host-key",
         "prepare-dirs",
+        "run-verified",
         "verify-gpu",
     }
     for name in script_names():
@@ -591,6 +597,37 @@ def test_configure_runtime_restarts_only_on_change(
     assert not [c for c in host.calls() if c.startswith(("systemctl", "snap", "microk8s"))]
 
 
+@pytest.mark.parametrize(
+    ("runtimes", "dockerd_age_s", "hook_age_s", "reason"),
+    [
+        ('{"runc":{}}', "", None, "the running dockerd does not list the nvidia runtime"),
+        ('{"nvidia":{},"runc":{}}', "3600", 60, "dockerd started before"),
+        ('{"nvidia":{},"runc":{}}', "60", 3600, None),
+        ('{"nvidia":{},"runc":{}}', "", 60, None),  # no dockerd age known: nothing to compare
+    ],
+)
+def test_configure_runtime_restarts_docker_that_cannot_run_gpu_containers(
+    host: Host, runtimes: str, dockerd_age_s: str, hook_age_s: int | None, reason: str | None
+) -> None:
+    """daemon.json unchanged, yet the running dockerd lacks the runtime or started before the hook existed."""
+    (host.root / "etc/docker").mkdir(parents=True)
+    (host.root / "etc/docker/daemon.json").write_text("# runtimes.nvidia = nvidia-container-runtime\n")
+    if hook_age_s is not None:
+        hook = Path(host.env["PATH"].split(":")[0]) / "nvidia-container-runtime-hook"
+        hook.write_text("#!/bin/sh\n")
+        hook.chmod(0o755)
+        os.utime(hook, (time.time() - hook_age_s, time.time() - hook_age_s))
+    host.env["STUB_DOCKER_RUNTIMES"] = runtimes
+    host.env["STUB_DOCKERD_ETIMES"] = dockerd_age_s
+    result = host.run("configure-runtime", CONTAINER_RUNTIME="docker")
+    assert result.returncode == 0, result.stderr
+    if reason is None:
+        assert "no restart" in result.stderr and not host.called("systemctl")
+    else:
+        assert f"{reason}" in result.stderr
+        assert host.called("systemctl") == ["systemctl restart docker"]
+
+
 def test_configure_runtime_failures(host: Host) -> None:
     host.env["STUB_CTK_CONFIGURE_FAIL"] = "1"
     result = host.run("configure-runtime", CONTAINER_RUNTIME="docker")
@@ -668,6 +705,40 @@ def test_prepare_dirs_owner_and_mode(host: Host) -> None:
     assert stat.S_IMODE((host.root / "srv/models/hf").stat().st_mode) == 0o755
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_prepare_dirs_makes_existing_contents_the_owners(host: Host, tmp_path: Path) -> None:
+    """A SQLite database left by the old compose setup (root-owned, read-only) becomes writable for the
+    service; a symlink planted inside is re-owned itself and never followed; nothing turns world-writable."""
+    data = host.root / "srv/app/data"
+    (data / "sub").mkdir(parents=True)
+    (data / "app.db").write_text("db")
+    (data / "app.db").chmod(0o444)
+    (data / "sub/shared.log").write_text("log")
+    (data / "sub/shared.log").chmod(0o666)
+    (data / "sub").chmod(0o555)
+    outside = tmp_path / "outside"
+    outside.write_text("not the service's")
+    outside.chmod(0o600)
+    (data / "escape").symlink_to(outside)
+
+    result = host.run("prepare-dirs", DIRS="/srv/app/data", OWNER="1001:1002")
+    assert result.returncode == 0, result.stderr
+    assert "re-owned 4 existing entries to 1001:1002, made 3 owner-writable" in result.stderr
+    for path in [data / "app.db", data / "sub", data / "sub/shared.log"]:
+        info = path.lstat()
+        assert (info.st_uid, info.st_gid) == (1001, 1002), path
+        assert info.st_mode & stat.S_IWUSR, path
+        assert not info.st_mode & stat.S_IWOTH, path
+    assert stat.S_IMODE((data / "app.db").stat().st_mode) == 0o644
+    link = (data / "escape").lstat()
+    assert (link.st_uid, link.st_gid) == (1001, 1002)
+    target = outside.stat()
+    assert (target.st_uid, stat.S_IMODE(target.st_mode)) == (0, 0o600)
+
+    again = host.run("prepare-dirs", DIRS="/srv/app/data", OWNER="1001:1002")
+    assert again.returncode == 0 and "existing entries" not in again.stderr
+
+
 @pytest.mark.parametrize(
     ("env", "word"),
     [
@@ -700,51 +771,95 @@ def test_prepare_dirs_refuses_a_file(host: Host) -> None:
     assert (host.root / "srv/data").read_text() == "x"
 
 
-# --- pin-host-key --------------------------------------------------------------------------------
-
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
-OTHER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+# --- run-verified --------------------------------------------------------------------------------
 
 
-def test_pin_host_key(host: Host) -> None:
-    known = host.tmp / "ssh" / "deep" / "known_hosts"
-    env = {"KNOWN_HOSTS_FILE": str(known), "SSH_HOST": "gpu1.example.net", "HOST_KEY": KEY + " root@gpu1"}
-    result = host.run("pin-host-key", **env, SSH_PORT="22")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{known}\n"
-    assert known.read_text() == f"gpu1.example.net {KEY}\n"
-    assert stat.S_IMODE(known.stat().st_mode) == 0o600
-    assert stat.S_IMODE(known.parent.stat().st_mode) == 0o700
+@dataclass
+class Runner:
+    home: Path
+    directory: Path
+    env: dict[str, str]
 
-    assert host.run("pin-host-key", **env).returncode == 0  # SSH_PORT defaults to 22
-    assert known.read_text() == f"gpu1.example.net {KEY}\n"
+    def run(self, files: str, *command: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        line = command_with_script(
+            "run-verified", {"RUNNER_DIR": ".gpu-deploy/prod", "RUNNER_FILES": files}, command
+        )
+        return subprocess.run(
+            ["bash", "-c", line],
+            input=stdin,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
 
-    other = host.run("pin-host-key", **env, SSH_PORT="2222")
-    assert other.returncode == 0, other.stderr
-    assert known.read_text() == f"gpu1.example.net {KEY}\n[gpu1.example.net]:2222 {KEY}\n"
 
-    rotated = host.run("pin-host-key", **{**env, "HOST_KEY": OTHER_KEY}, SSH_PORT="2222")
-    assert rotated.returncode == 0
-    assert known.read_text() == f"gpu1.example.net {KEY}\n[gpu1.example.net]:2222 {OTHER_KEY}\n"
+@pytest.fixture
+def runner(tmp_path: Path) -> Runner:
+    home = tmp_path / "home"
+    directory = home / ".gpu-deploy" / "prod"
+    directory.mkdir(parents=True)
+    home.chmod(0o755)
+    (home / ".gpu-deploy").chmod(0o755)
+    (directory / "tool.py").write_text("import sys\nprint('ran', sys.stdin.read())\n")
+    (directory / "lib.py").write_text("X = 1\n")
+    return Runner(home, directory, {"PATH": os.environ["PATH"], "HOME": str(home)})
+
+
+def sums(runner: Runner, *names: str) -> str:
+    return "\n".join(f"{hashlib.sha256((runner.directory / n).read_bytes()).hexdigest()}  {n}" for n in names)
+
+
+def test_run_verified_runs_what_was_copied_with_stdin(runner: Runner) -> None:
+    result = runner.run(sums(runner, "tool.py", "lib.py"), sys.executable, "./tool.py", stdin="checks")
+    assert (result.returncode, result.stdout) == (0, "ran checks\n"), result.stderr
+    assert stat.S_IMODE(runner.directory.stat().st_mode) == 0o700, "the runner directory is made private"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "word"),
+    [
+        (
+            lambda r: (r.directory / "tool.py").write_text("print('swapped')\n"),
+            "is not the file that was copied",
+        ),
+        (lambda r: (r.directory / "lib.py").unlink(), "lib.py is missing"),
+        (lambda r: (r.directory / "lib.py").chmod(0o666), "writable by group or others"),
+        (lambda r: (r.home / ".gpu-deploy").chmod(0o777), "writable by group or others (mode 777)"),
+        (lambda r: r.home.chmod(0o775), "writable by group or others (mode 775)"),
+    ],
+)
+def test_run_verified_refuses_a_runner_it_cannot_trust(runner: Runner, tamper: Any, word: str) -> None:
+    files = sums(runner, "tool.py", "lib.py")
+    tamper(runner)
+    marker = runner.home / "ran"
+    result = runner.run(files, "touch", str(marker))
+    assert_fails(result, 21, word)
+    assert "NEXT: remove" in result.stderr
+    assert not marker.exists(), "nothing ran"
+
+
+def test_run_verified_refuses_a_link_or_a_file_of_another_user(runner: Runner, tmp_path: Path) -> None:
+    files = sums(runner, "tool.py")
+    elsewhere = tmp_path / "planted.py"
+    elsewhere.write_bytes((runner.directory / "tool.py").read_bytes())  # same content, another place
+    (runner.directory / "tool.py").unlink()
+    (runner.directory / "tool.py").symlink_to(elsewhere)
+    assert_fails(runner.run(files, "true"), 21, "tool.py is missing or not a regular file")
+    if os.geteuid() == 0:
+        (runner.directory / "tool.py").unlink()
+        (runner.directory / "tool.py").write_bytes(elsewhere.read_bytes())
+        os.chown(runner.directory / "tool.py", 4321, 4321)
+        assert_fails(runner.run(files, "true"), 21, "belongs to uid 4321")
 
 
 @pytest.mark.parametrize(
     ("env", "word"),
     [
-        ({"SSH_HOST": "a b"}, "SSH_HOST"),
-        ({"SSH_HOST": "h,evil"}, "SSH_HOST"),
-        ({"SSH_PORT": "0"}, "SSH_PORT"),
-        ({"SSH_PORT": "70000"}, "SSH_PORT"),
-        ({"SSH_PORT": "22x"}, "SSH_PORT"),
-        ({"HOST_KEY": "AAAA"}, "HOST_KEY"),
-        ({"HOST_KEY": "ssh-ed25519 AAAA\nevil.example ssh-rsa AAAA"}, "HOST_KEY"),
-        ({"HOST_KEY": "ssh-ed25519 AAAA=\r"}, "HOST_KEY"),
-        ({"HOST_KEY": "ssh-dss AAAA"}, "HOST_KEY"),
-        ({"KNOWN_HOSTS_FILE": ""}, "KNOWN_HOSTS_FILE"),
+        ({"RUNNER_FILES": "nothex  tool.py"}, "is not 'SHA256  NAME'"),
+        ({"RUNNER_FILES": "0" * 64 + "  ../x"}, "NAME"),
     ],
 )
-def test_pin_host_key_bad_input(host: Host, env: dict[str, str], word: str) -> None:
-    known = host.tmp / "known_hosts"
-    variables = {"KNOWN_HOSTS_FILE": str(known), "SSH_HOST": "gpu1", "HOST_KEY": KEY, **env}
-    assert_fails(host.run("pin-host-key", **variables), 19, word)
-    assert not known.exists()
+def test_run_verified_refuses_bad_parameters(runner: Runner, env: dict[str, str], word: str) -> None:
+    assert_fails(runner.run(env["RUNNER_FILES"], "true"), 19, word)

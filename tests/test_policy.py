@@ -168,7 +168,7 @@ PLANTED: list[tuple[str, tuple[str, str, str], Callable[[dict[str, Any]], None],
     ("mig-only-on-h100", BACKEND, mig_devices, "MIG exists only on h100"),
     ("memory-limit", APP, drop("memory"), "no memory limit"),
     ("memory-limit", BACKEND, set_("memory", 0), "no memory limit"),
-    ("gpu-requests-match-profile", BACKEND, add_env("NVIDIA_VISIBLE_DEVICES=all"), "defeats count 1"),
+    ("gpu-requests-match-profile", BACKEND, add_env("NVIDIA_VISIBLE_DEVICES=all"), "defeats the device ids"),
     (
         "gpu-requests-match-profile",
         APP,

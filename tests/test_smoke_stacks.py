@@ -32,7 +32,9 @@ def test_prod_smoke_runs_the_write_ups_checks_on_the_host_after_every_service() 
     plan = make_plan("prod")
     run = plan.named(REMOTE_COMMAND, "smoke-app-run")
     argv = shlex.split(run.inputs["create"])
-    assert argv[:2] == ["python3", "/var/tmp/gpu-deploy-smoke/smoke.py"]
+    # run-verified.sh checks the copy in the deploy user's own directory, then runs it
+    assert argv[:2] == ["env", "RUNNER_DIR=.gpu-deploy/prod"]
+    assert argv[argv.index("run-verified") + 1 :][:5] == ["python3", "-E", "-s", "-B", "./smoke.py"]
     assert argv[argv.index("--base-url") + 1] == "http://127.0.0.1:3000"
     assert argv[argv.index("--container") + 1] == "prod-app"
     assert argv[argv.index("--deadline") + 1] == "180"
@@ -44,9 +46,11 @@ def test_prod_smoke_runs_the_write_ups_checks_on_the_host_after_every_service() 
     assert {"gpu": {"command": ["nvidia-smi"]}} in checks
     for container in plan.by_type(CONTAINER):
         assert container.urn in run.options["dependsOn"], f"smoke waits for {container.name}"
-    copy = plan.named("command:remote:CopyToRemote", "smoke-app-runner")
+    copy = plan.named("command:remote:CopyToRemote", "runners-smoke")
     assert copy.urn in run.options["dependsOn"]
-    assert copy.inputs["remotePath"] == "/var/tmp/gpu-deploy-smoke/smoke.py"
+    assert copy.inputs["remotePath"] == ".gpu-deploy/prod/smoke.py", "under the deploy user's home"
+    assert copy.inputs["source"]["path"] == "components/smoke.py"
+    assert f"RUNNER_FILES={copy.inputs['source']['hash']}  smoke.py" in argv, "what runs is what was copied"
 
 
 def test_a4000_gpu_check_is_a_cuda_tensor_operation_in_the_container() -> None:

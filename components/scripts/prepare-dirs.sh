@@ -8,6 +8,7 @@
 #   MODE       octal mode of each listed directory (default 0750); world-writable modes are refused
 #   HOST_ROOT  file path prefix (tests only; see common.sh)
 # Parents that do not exist yet are created root-owned with mode 0755; existing parents are untouched.
+# What a listed directory already holds is made the owner's (see own_contents); symlinks are never followed.
 #
 # Exit codes: 0 ok, 11 needs root/sudo, 19 bad parameters.
 set -euo pipefail
@@ -16,6 +17,22 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 bad() {
   die "$EXIT_BAD_PARAMS" "$1" "fix the directory list in the stack configuration and run pulumi up again"
+}
+
+# own_contents PATH UID GID LABEL: everything already inside PATH (a database left by an older setup, say)
+# becomes UID:GID and owner-writable, and nothing stays world-writable. find never follows symlinks (-P),
+# `chown -h` changes a link itself, and chmod skips links, so a link planted inside cannot reach out;
+# -xdev stays on this file system.
+own_contents() {
+  local path="$1" uid="$2" gid="$3" label="$4" owned moded
+  owned="$(as_root find "$path" -xdev -mindepth 1 \( ! -uid "$uid" -o ! -gid "$gid" \) \
+    -exec chown -h "$uid:$gid" {} + -print | wc -l)"
+  moded="$(as_root find "$path" -xdev -mindepth 1 ! -type l \
+    \( \( -type d ! -perm -u=rwx \) -o \( ! -type d ! -perm -u=rw \) -o -perm -o=w \) \
+    -exec chmod u+rwX,o-w {} + -print | wc -l)"
+  if ((owned + moded > 0)); then
+    log "$label: re-owned $owned existing entries to $uid:$gid, made $moded owner-writable and not world-writable"
+  fi
 }
 
 main() {
@@ -46,10 +63,11 @@ main() {
     current="$(as_root stat -c '%u:%g %a' "$path" 2>/dev/null || true)"
     if [[ "$current" == "$uid:$gid $mode" ]]; then
       log "$dir: already $uid:$gid mode $mode"
-      continue
+    else
+      as_root install -d -o "$uid" -g "$gid" -m "$mode" "$path"
+      log "$dir: now $uid:$gid mode $mode"
     fi
-    as_root install -d -o "$uid" -g "$gid" -m "$mode" "$path"
-    log "$dir: now $uid:$gid mode $mode"
+    own_contents "$path" "$uid" "$gid" "$dir"
   done
 }
 
