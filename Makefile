@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STACK  ?= prod
 
-.PHONY: venv plan test lint typecheck unit bench clean
+.PHONY: venv plan test lint typecheck unit real bench clean
 
 venv: $(VENV)/.installed
 
@@ -20,16 +20,22 @@ plan: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/shellcheck --external-sources --severity=style components/scripts/*.sh
+	$(BIN)/shellcheck --external-sources --severity=style components/scripts/*.sh .ci/*.sh
 	$(BIN)/hadolint images/cuda-python/Dockerfile
 
 typecheck: venv
 	$(BIN)/mypy .
 
 unit: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --ignore=tests/real
 
-test: lint typecheck unit
+# the real-engine tier: a real dockerd, sshd and debootstrapped images on this machine (root, Debian;
+# .ci/install-real-tier.sh installs what it needs)
+real: venv
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then bash .ci/install-real-tier.sh; fi
+	$(BIN)/python -m pytest tests/real
+
+test: lint typecheck unit real
 
 bench: venv
 	$(BIN)/python tests/bench_plan.py

@@ -17,6 +17,7 @@ key, from any checkout, on every run. This module owns that connection and deriv
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,12 +135,18 @@ def docker_ssh_opts(target: SshTarget, identity: str | None) -> list[str]:
     return options
 
 
+def local_home() -> Path:
+    """The home directory ssh means by `~`: the user's entry in the password database, not $HOME (OpenSSH
+    misc.c tilde_expand_filename uses getpwuid), so the key is written where ssh will read it."""
+    return Path(pwd.getpwuid(os.getuid()).pw_dir)
+
+
 def write_identity(path: str, private_key: str) -> None:
     """Write the private key where `identity_file` says, mode 0600 in a 0700 directory, on every run (the
     same content is left alone). The plan's "[secret]" placeholder is never written."""
     if private_key == SECRET_PLACEHOLDER:
         return
-    local = Path(os.path.expanduser(path))
+    local = Path(path.replace("~", str(local_home()), 1) if path.startswith("~/") else path)
     local.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = private_key if private_key.endswith("\n") else private_key + "\n"
     if local.is_file() and local.read_text(encoding="utf-8") == text:

@@ -20,6 +20,7 @@ from typing import Any
 import pulumi_command as command
 import pytest
 
+import components.ssh
 from components.specs import SECRET_PLACEHOLDER
 from components.ssh import SshTarget, command_connection, docker_ssh_opts, identity_file, write_identity
 from stacks.plan import Plan
@@ -111,7 +112,7 @@ def test_the_key_file_and_the_bastion_follow_the_remote_commands(tmp_path: Path)
 
 
 def test_write_identity_is_private_and_stable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(components.ssh, "local_home", lambda: tmp_path)
     path = identity_file("gpu-deploy", "prod")
     write_identity(path, SECRET_PLACEHOLDER)
     assert not (tmp_path / ".ssh").exists(), "the plan's placeholder is never written"
@@ -136,7 +137,7 @@ def test_a_stack_with_a_key_and_a_bastion_plans_one_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The planned provider uses the stack's key file and bastion; the key itself is never planned."""
-    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setattr(components.ssh, "local_home", lambda: tmp_path)
     key = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"
 
     def edit(config: dict[str, object]) -> None:

@@ -1,0 +1,89 @@
+"""The release tag hashes exactly what Docker sends: the same context built by the real Docker CLI and
+engine, its files listed from the image, against `components.cuda_image.context_files`. Cases as in
+tests/test_release_tag.py: `*` that stops at `/`, `**`, `!` exceptions, a leading `/`, `.git`.
+
+`FROM scratch` + `COPY . /ctx/` puts every file the build context holds into the image, so the image's
+file list is what the Docker CLI sent after applying .dockerignore (moby/patternmatcher). The legacy
+builder (DOCKER_BUILDKIT=0) is used because this engine has no buildx; both apply the same patterns.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from components.cuda_image import context_files
+from tests.real.engine import Engine
+
+FILES = [
+    "README.md",
+    "sub/README.md",
+    "sub/deep/notes.md",
+    "temp",
+    "tempfile",
+    "a/temporary.txt",
+    "a/b/temp.txt",
+    "src/main.go",
+    "src/pkg/util.go",
+    "foo",
+    "sub/foo",
+    "keep/x.txt",
+    "keep/y.txt",
+    ".git/HEAD",
+]
+IGNORES = [
+    "*.md\n",
+    "**/*.md\n!sub/README.md\n",
+    "*/temp*\ntemp?\n",
+    "/foo\nkeep\n!keep/y.txt\n",
+    "*\n!src/**\n",
+    "Dockerfile\n.dockerignore\n.git\n",
+]
+
+
+def files_docker_sent(engine: Engine, context: Path, tag: str) -> set[str]:
+    built = subprocess.run(
+        [engine.cli, "build", "-q", "-t", tag, str(context)],
+        env={**engine.env(), "DOCKER_BUILDKIT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    created = engine.docker_cli("create", tag, "none").stdout.strip()
+    try:
+        exported = subprocess.run(
+            [engine.cli, "export", created], env=engine.env(), capture_output=True, timeout=300, check=True
+        ).stdout
+    finally:
+        engine.docker_cli("rm", created)
+        engine.docker_cli("rmi", tag)
+    with tarfile.open(fileobj=io.BytesIO(exported)) as archive:
+        return {
+            m.name.removeprefix("ctx/")
+            for m in archive.getmembers()
+            if m.isfile() and m.name.startswith("ctx/")
+        }
+
+
+@pytest.mark.parametrize("ignore", IGNORES)
+def test_the_hashed_files_are_the_files_docker_sends(engine: Engine, tmp_path: Path, ignore: str) -> None:
+    for name in FILES:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"content of {name}\n")
+    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY . /ctx/\n")
+    (tmp_path / ".dockerignore").write_text(ignore)
+    hashed = {p for p in context_files(tmp_path) if (tmp_path / p).is_file()}
+    in_image = files_docker_sent(engine, tmp_path, f"gpu-deploy-test/context:{abs(hash(ignore))}")
+    # The CLI always sends the Dockerfile and .dockerignore (cli/command/image/build:
+    # TrimBuildFilesFromExcludes); the daemon reads them and drops them again when a pattern excludes them
+    # (builder/remotecontext/detect.go: removeDockerfile), so only there may the image lack a hashed file.
+    always_sent = {"Dockerfile", ".dockerignore"}
+    assert always_sent <= hashed
+    assert hashed - always_sent == in_image - always_sent
