@@ -45,29 +45,32 @@ FILES = [
     "sub/foo",
     "keep/x.txt",
     "keep/y.txt",
+    ".git/HEAD",  # sent like any other directory unless ignored
 ]
 
 
-@pytest.mark.parametrize(
-    ("ignore", "excluded"),
-    [
-        ("*.md\n", {"README.md"}),  # `*` stops at `/`: sub/README.md is still sent
-        ("**/*.md\n", {"README.md", "sub/README.md", "sub/deep/notes.md"}),
-        ("**/*.md\n!sub/README.md\n", {"README.md", "sub/deep/notes.md"}),
-        ("*/temp*\n", {"a/temporary.txt"}),
-        ("*/*/temp*\n", {"a/b/temp.txt"}),
-        ("temp?\n", set()),  # `temp?` needs one more character: neither temp nor tempfile
-        ("temp*\n", {"temp", "tempfile"}),
-        ("/foo\n", {"foo"}),  # a leading / is the context root: sub/foo stays
-        ("foo\n", {"foo"}),
-        ("**/foo\n", {"foo", "sub/foo"}),
-        ("keep\n!keep/y.txt\n", {"keep/x.txt"}),  # an exception reaches into an excluded directory
-        ("# a comment\n\n  src/*.go  \n", {"src/main.go"}),
-        ("src\n", {"src/main.go", "src/pkg/util.go"}),
-        ("*\n!src/**\n", set(FILES) - {"src/main.go", "src/pkg/util.go"}),
-        ("Dockerfile\n.dockerignore\n", set()),  # always sent, as the Docker CLI does
-    ],
-)
+# Docker's cases: the .dockerignore text and the files it keeps out (tests/real/ builds each for real)
+CASES: list[tuple[str, set[str]]] = [
+    ("*.md\n", {"README.md"}),  # `*` stops at `/`: sub/README.md is still sent
+    ("**/*.md\n", {"README.md", "sub/README.md", "sub/deep/notes.md"}),
+    ("**/*.md\n!sub/README.md\n", {"README.md", "sub/deep/notes.md"}),
+    ("*/temp*\n", {"a/temporary.txt"}),
+    ("*/*/temp*\n", {"a/b/temp.txt"}),
+    ("temp?\n", set()),  # `temp?` needs one more character: neither temp nor tempfile
+    ("temp*\n", {"temp", "tempfile"}),
+    ("/foo\n", {"foo"}),  # a leading / is the context root: sub/foo stays
+    ("foo\n", {"foo"}),
+    ("**/foo\n", {"foo", "sub/foo"}),
+    ("keep\n!keep/y.txt\n", {"keep/x.txt"}),  # an exception reaches into an excluded directory
+    ("# a comment\n\n  src/*.go  \n", {"src/main.go"}),
+    ("src\n", {"src/main.go", "src/pkg/util.go"}),
+    ("*\n!src/**\n", set(FILES) - {"src/main.go", "src/pkg/util.go"}),
+    ("Dockerfile\n.dockerignore\n", set()),  # always sent, as the Docker CLI does
+    (".git\n", {".git/HEAD"}),
+]
+
+
+@pytest.mark.parametrize(("ignore", "excluded"), CASES)
 def test_dockerignore_matches_as_docker_does(tmp_path: Path, ignore: str, excluded: set[str]) -> None:
     root = make_context(tmp_path, FILES, ignore)
     assert sent_files(root) == {*FILES, "Dockerfile", ".dockerignore"} - excluded

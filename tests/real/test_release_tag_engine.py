@@ -16,33 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from components.cuda_image import context_files
 from tests.real.engine import Engine
-
-FILES = [
-    "README.md",
-    "sub/README.md",
-    "sub/deep/notes.md",
-    "temp",
-    "tempfile",
-    "a/temporary.txt",
-    "a/b/temp.txt",
-    "src/main.go",
-    "src/pkg/util.go",
-    "foo",
-    "sub/foo",
-    "keep/x.txt",
-    "keep/y.txt",
-    ".git/HEAD",
-]
-IGNORES = [
-    "*.md\n",
-    "**/*.md\n!sub/README.md\n",
-    "*/temp*\ntemp?\n",
-    "/foo\nkeep\n!keep/y.txt\n",
-    "*\n!src/**\n",
-    "Dockerfile\n.dockerignore\n.git\n",
-]
+from tests.test_release_tag import CASES, FILES, make_context, sent_files
 
 
 def files_docker_sent(engine: Engine, context: Path, tag: str) -> set[str]:
@@ -71,15 +46,10 @@ def files_docker_sent(engine: Engine, context: Path, tag: str) -> set[str]:
         }
 
 
-@pytest.mark.parametrize("ignore", IGNORES)
+@pytest.mark.parametrize("ignore", [ignore for ignore, _ in CASES])
 def test_the_hashed_files_are_the_files_docker_sends(engine: Engine, tmp_path: Path, ignore: str) -> None:
-    for name in FILES:
-        path = tmp_path / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"content of {name}\n")
-    (tmp_path / "Dockerfile").write_text("FROM scratch\nCOPY . /ctx/\n")
-    (tmp_path / ".dockerignore").write_text(ignore)
-    hashed = {p for p in context_files(tmp_path) if (tmp_path / p).is_file()}
+    make_context(tmp_path, FILES, ignore)  # the unit tests' context: FROM scratch, COPY . /ctx/
+    hashed = sent_files(tmp_path)
     in_image = files_docker_sent(engine, tmp_path, f"gpu-deploy-test/context:{abs(hash(ignore))}")
     # The CLI always sends the Dockerfile and .dockerignore (cli/command/image/build:
     # TrimBuildFilesFromExcludes); the daemon reads them and drops them again when a pattern excludes them
