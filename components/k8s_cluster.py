@@ -3,8 +3,8 @@
 Creates, in order (all children of the component, all in `args.namespace` where namespaced):
 1. the Namespace, labelled Pod Security `privileged` (the device plugin, GPU feature discovery, the
    toolkit and DCGM mount host paths and run privileged);
-2. the RuntimeClass `nvidia` (node.k8s.io/v1, handler `nvidia`) that GPU pods name. The GPU Operator
-   creates one of the same name and handler itself and leaves an existing one in place;
+2. without the GPU Operator, the RuntimeClass `nvidia` (node.k8s.io/v1, handler `nvidia`) that GPU pods
+   name. The operator creates and owns that one itself (and would take over and later delete ours);
 3. the device-plugin ConfigMap `nvidia-device-plugin-config`, in the format the NVIDIA device plugin
    reads (`version: v1`, `flags.migStrategy`, `sharing.timeSlicing` or `sharing.mps`). It is a
    multi-config map: the data key `default` is the config every node gets, and each
@@ -43,6 +43,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+from components.options import child_options
 from components.profiles import GpuProfile, Sharing
 
 MigStrategy = Literal["none", "single", "mixed"]
@@ -64,13 +65,13 @@ DCGM_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
 DCGM_CHART = "dcgm-exporter"
 DCGM_PORT = 9400
 
-# Where MicroK8s keeps containerd (the snap does not use /etc/containerd); values from the MicroK8s
-# gpu addon, which installs the same GPU Operator chart.
+# Where MicroK8s keeps containerd (the snap does not use /etc/containerd), for the operator's toolkit
+# container: the values the MicroK8s `nvidia` addon sends (canonical/microk8s-core-addons, branch 1.30,
+# addons/nvidia/enable). The runtime class name comes from `operator.runtimeClass` (default nvidia).
 MICROK8S_TOOLKIT_ENV: dict[str, str] = {
     "CONTAINERD_CONFIG": "/var/snap/microk8s/current/args/containerd-template.toml",
     "CONTAINERD_SOCKET": "/var/snap/microk8s/common/run/containerd.sock",
-    "CONTAINERD_RUNTIME_CLASS": RUNTIME_CLASS,
-    "CONTAINERD_SET_AS_DEFAULT": "true",
+    "CONTAINERD_SET_AS_DEFAULT": "1",
 }
 
 RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -201,6 +202,23 @@ def validate_sharing(
         if replicas < 1:
             raise ValueError(f"sharing.per_product[{product!r}] must be at least 1, got {replicas}")
 
+    if spec.strategy in _SHARED:
+        # k8s-device-plugin v0.17.1 api/config/v1/replicas.go (ReplicatedResource.UnmarshalJSON): the plugin
+        # and GPU feature discovery exit on "number of replicas must be >= 2", and the node advertises no GPU
+        refused = (
+            "the NVIDIA device plugin refuses fewer ('number of replicas must be >= 2') and advertises no GPU"
+        )
+        if spec.replicas < 2:
+            raise ValueError(
+                f"sharing.replicas must be at least 2 with {spec.strategy}, got {spec.replicas}: {refused}; "
+                "for one pod per GPU use strategy none"
+            )
+        for product, replicas in spec.per_product.items():
+            if replicas < 2:
+                raise ValueError(
+                    f"sharing.per_product[{product!r}] must be at least 2 with {spec.strategy}, "
+                    f"got {replicas}: {refused}"
+                )
     if spec.strategy in ("none", "mig"):
         if spec.replicas != 1 or spec.per_product:
             raise ValueError(
@@ -258,29 +276,68 @@ def validate_sharing(
         if mig_profile not in profile.mig_profiles:
             known = ", ".join(profile.mig_profiles)
             raise ValueError(f"a {card} has no MIG profile {mig_profile!r} (known: {known})")
+        # The sharing config names nvidia.com/gpu only, so MIG instances advertised as nvidia.com/mig-*
+        # (strategy mixed) are not replicated (k8s-device-plugin v0.17.1 internal/rm/device_map.go).
         most = gpus_per_node * profile.mig_profiles[mig_profile]
-        if spec.strategy == "time-slicing":
-            most *= spec.replicas
         if count > most:
             raise ValueError(f"the services ask for {count} x {mig_profile}, but a node has at most {most}")
 
 
+def _sanitised(name: str) -> str:
+    """GPU feature discovery's label form of a name (k8s-device-plugin v0.17.1 internal/lm/resource.go,
+    sanitise): characters other than letters, digits, '-', '_', '.' and spaces dropped, spaces as '-'."""
+    return "-".join(re.sub(r"[^A-Za-z0-9\-_. ]", "", name).split())
+
+
+def node_product_labels(spec: SharingSpec, profile: GpuProfile) -> tuple[str, ...]:
+    """Every `nvidia.com/gpu.product` value GPU feature discovery can give a node with `profile`'s card
+    under `spec`: what a GPU pod's node selection must accept.
+
+    k8s-device-plugin v0.17.1 internal/lm/resource.go (getProductName): the card's name, then, with MIG
+    strategy single, `-MIG-<profile>`; then `-SHARED` when the `nvidia.com/gpu` sharing entry the node
+    applies has more than one replica and is not renamed (renameByDefault) — for time-slicing and MPS
+    alike. With strategy mixed the full-GPU resource is not shared on MIG GPUs, so no suffix. A node gets
+    a per-product config only when labelled for it, so both the default and the override count.
+    """
+    labels: list[str] = []
+    for product in profile.gpu_products:
+        replica_counts = {spec.replicas, spec.per_product.get(product, spec.replicas)}
+        bases = (
+            [f"{product}-MIG-{_sanitised(p)}" for p in profile.mig_profiles]
+            if spec.mig_strategy == "single"
+            else [product]
+        )
+        for base in bases:
+            for replicas in sorted(replica_counts):
+                shared = (
+                    spec.strategy in _SHARED
+                    and replicas > 1
+                    and not spec.rename_by_default
+                    and spec.mig_strategy != "mixed"
+                )
+                label = f"{base}-SHARED" if shared else base
+                if label not in labels:
+                    labels.append(label)
+    return tuple(labels)
+
+
 def operator_values(args: GpuClusterArgs) -> dict[str, Any]:
-    """GPU Operator chart values (the ClusterPolicy it creates)."""
+    """GPU Operator chart values (the ClusterPolicy it creates), only keys chart v25.3.0 has and reads
+    (tests/upstream/gpu-operator-v25.3.0.values.yaml): no `operator.defaultRuntime` (removed before
+    v25.3.0; the operator reads each node's runtime); `toolkit.env` only when the operator's toolkit
+    container runs (nothing else reads it); `mig.strategy` always, because the chart's default `single`
+    reaches the device plugin as MIG_STRATEGY and overrides the ConfigMap's flags.migStrategy."""
     toolkit: dict[str, Any] = {"enabled": args.operator.toolkit}
-    if args.distribution == "microk8s":
+    if args.operator.toolkit and args.distribution == "microk8s":
         toolkit["env"] = [{"name": k, "value": v} for k, v in MICROK8S_TOOLKIT_ENV.items()]
-    values: dict[str, Any] = {
-        "operator": {"defaultRuntime": "containerd"},
+    return {
         "driver": {"enabled": args.operator.driver},
         "toolkit": toolkit,
         "devicePlugin": {"config": {"name": CONFIG_MAP_NAME, "default": DEFAULT_CONFIG}},
         "dcgmExporter": {"enabled": args.dcgm},
+        "mig": {"strategy": args.sharing.mig_strategy},
         "migManager": {"enabled": args.sharing.mig_strategy != "none"},
     }
-    if args.sharing.mig_strategy != "none":
-        values["mig"] = {"strategy": args.sharing.mig_strategy}
-    return values
 
 
 def device_plugin_values(args: GpuClusterArgs) -> dict[str, Any]:
@@ -294,10 +351,14 @@ def device_plugin_values(args: GpuClusterArgs) -> dict[str, Any]:
 
 
 def dcgm_values() -> dict[str, Any]:
-    """dcgm-exporter chart values: GPU nodes only, through the nvidia runtime, no Prometheus CRDs."""
+    """dcgm-exporter chart values: GPU nodes only, through the nvidia runtime, no Prometheus CRDs.
+
+    The node label is node feature discovery's NVIDIA PCI vendor label, which the device-plugin chart's
+    NFD sets (it installs NFD with gfd.enabled). `nvidia.com/gpu.present` is set by the GPU Operator only
+    (gpu-operator v25.3.0 controllers/state_manager.go), so without the operator it would match no node."""
     return {
         "runtimeClassName": RUNTIME_CLASS,
-        "nodeSelector": {"nvidia.com/gpu.present": "true"},
+        "nodeSelector": {"feature.node.kubernetes.io/pci-10de.present": "true"},
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         "service": {"enable": True, "port": DCGM_PORT},
         # The ServiceMonitor needs the Prometheus Operator CRDs; scrape the Service (:9400/metrics) instead.
@@ -324,7 +385,7 @@ def check_args(args: GpuClusterArgs) -> None:
 
 class GpuCluster(pulumi.ComponentResource):
     namespace: k8s.core.v1.Namespace
-    runtime_class: k8s.node.v1.RuntimeClass
+    runtime_class: k8s.node.v1.RuntimeClass | None  # the operator's own when it runs
     config_map: k8s.core.v1.ConfigMap
     operator: k8s.helm.v3.Release | None
     device_plugin: k8s.helm.v3.Release | None
@@ -333,7 +394,7 @@ class GpuCluster(pulumi.ComponentResource):
     def __init__(self, name: str, args: GpuClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         check_args(args)
         super().__init__("gpu-deploy:kubernetes:GpuCluster", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        child = child_options(self, opts)
         labels = {"app.kubernetes.io/part-of": "gpu-deploy", "app.kubernetes.io/managed-by": "pulumi"}
 
         self.namespace = k8s.core.v1.Namespace(
@@ -344,12 +405,18 @@ class GpuCluster(pulumi.ComponentResource):
             ),
             opts=child,
         )
-        self.runtime_class = k8s.node.v1.RuntimeClass(
-            f"{name}-runtime-class",
-            metadata=k8s.meta.v1.ObjectMetaArgs(name=RUNTIME_CLASS, labels=labels),
-            handler=RUNTIME_CLASS,
-            opts=child,
-        )
+        # The RuntimeClass has one owner. The GPU Operator creates `nvidia` itself, takes over one that
+        # exists (its labels replaced, the ClusterPolicy set as controller) and deletes it with the
+        # ClusterPolicy (gpu-operator v25.3.0 controllers/object_controls.go, RuntimeClass handling), so
+        # with the operator Pulumi leaves it to the operator; without it, Pulumi creates it.
+        self.runtime_class = None
+        if not args.operator.enabled:
+            self.runtime_class = k8s.node.v1.RuntimeClass(
+                f"{name}-runtime-class",
+                metadata=k8s.meta.v1.ObjectMetaArgs(name=RUNTIME_CLASS, labels=labels),
+                handler=RUNTIME_CLASS,
+                opts=child,
+            )
         self.config_map = k8s.core.v1.ConfigMap(
             f"{name}-device-plugin-config",
             metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -364,7 +431,9 @@ class GpuCluster(pulumi.ComponentResource):
             data=config_map_data(args.sharing),
             opts=child,
         )
-        after = pulumi.ResourceOptions(parent=self, depends_on=[self.runtime_class, self.config_map])
+        after = child_options(
+            self, opts, after=[r for r in (self.runtime_class, self.config_map) if r is not None]
+        )
 
         self.operator = self.device_plugin = self.dcgm_exporter = None
         if args.operator.enabled:

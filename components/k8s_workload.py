@@ -47,6 +47,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_cluster import GPU_RESOURCE, PRODUCT_LABEL, RUNTIME_CLASS
+from components.options import child_options
 from components.specs import UserSpec, check_image_pinned
 
 VARIANT_LABEL = "gpu-deploy/variant"
@@ -235,7 +236,11 @@ class GpuWorkload(pulumi.ComponentResource):
         super().__init__("gpu-deploy:kubernetes:GpuWorkload", name, None, opts)
         self._args = args
         self._labels = recommended_labels(args)
-        child = pulumi.ResourceOptions(parent=self)
+        self._opts = opts
+        child = child_options(self, opts)
+        # A claim holds data (models, caches): disabling, renaming or moving the service, or destroying the
+        # stack, leaves the PersistentVolumeClaim in the cluster (delete it by hand when the data may go).
+        keep = child_options(self, opts, retain_on_delete=True)
 
         self.claims = []
         self._claim_names: dict[str, pulumi.Output[str]] = {}
@@ -247,7 +252,7 @@ class GpuWorkload(pulumi.ComponentResource):
                     f"{name}-{volume.name}",
                     metadata=self._meta(f"{args.name}-{volume.name}", {"pulumi.com/skipAwait": "true"}),
                     spec=self._claim_spec(volume),
-                    opts=child,
+                    opts=keep,
                 )
                 self.claims.append(claim)
                 self._claim_names[volume.name] = claim.metadata.name
@@ -480,7 +485,7 @@ class GpuWorkload(pulumi.ComponentResource):
             ),
         )
         metadata = k8s.meta.v1.ObjectMetaArgs(name=object_name, namespace=args.namespace, labels=labels)
-        opts = pulumi.ResourceOptions(parent=self)
+        opts = child_options(self, self._opts)
         if args.stateful:
             return k8s.apps.v1.StatefulSet(
                 resource_name,

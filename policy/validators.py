@@ -302,13 +302,20 @@ def _k8s_gpu_problems(spec: Mapping[str, Any], profile: GpuProfile | None) -> li
         and profile.is_gpu
         and is_known(selected)
         and selected
-        and not any(selected == p or str(selected).startswith(f"{p}-MIG-") for p in profile.gpu_products)
+        and not any(_labels_card(str(selected), p) for p in profile.gpu_products)
     ):
         problems.append(
             f"nodeSelector {K8S_GPU_PRODUCT}={selected} is not a {profile.display_name} "
             f"({', '.join(profile.gpu_products)})"
         )
     return problems
+
+
+def _labels_card(label: str, product: str) -> bool:
+    """A GPU feature discovery product label of this card: the product, `-MIG-<profile>` with MIG single,
+    `-SHARED` when time-sliced or MPS-shared without renaming (k8s-device-plugin v0.17.1 internal/lm)."""
+    base = label.removesuffix("-SHARED")
+    return base == product or base.startswith(f"{product}-MIG-")
 
 
 def check_gpu_requests(type_: str, props: Mapping[str, Any], context: StackContext) -> list[str]:

@@ -365,7 +365,10 @@ class KubernetesTarget(Model):
     kind: Literal["kubernetes"]
     kubeconfig: str | None = None  # a path or the file's contents (a secret); None: ~/.kube/config
     context: Annotated[str, Field(min_length=1)]  # required: never whatever context is current
-    namespace: OwnNamespace  # the services' namespace; created by the stack
+    namespace: K8sName  # the services' namespace: created by the stack, or an existing one
+    # False: the namespace exists already (a team's, with other workloads in it): the stack never
+    # creates, relabels or deletes it, and needs its Pod Security level to admit the pods
+    create_namespace: bool = True
     distribution: Literal["microk8s", "generic"] = "generic"
     version: Annotated[str, Field(pattern=r"^1\.\d{1,2}(\.\d{1,3})?$")]  # "1.30": the schema checked
     storage_class: str | None = None  # for PersistentVolumeClaims; None: the cluster's default class
@@ -374,6 +377,17 @@ class KubernetesTarget(Model):
     @property
     def is_local(self) -> bool:
         return False
+
+    @model_validator(mode="after")
+    def _own_namespace_only_when_created(self) -> KubernetesTarget:
+        if self.create_namespace:
+            try:
+                _own_namespace(self.namespace)
+            except ValueError as err:
+                raise _KeyedError(
+                    "namespace", f"{err}, or set target.createNamespace: false to deploy into it"
+                ) from None
+        return self
 
     @property
     def kubeconfig_is_inline(self) -> bool:

@@ -62,6 +62,49 @@ REPLACE_ON_KEYS: dict[str, frozenset[str]] = {
     # or remotePath is an update that copies again (a source of the same content copies nothing).
     "command:remote:CopyToRemote": frozenset({"triggers"}),
 }
+# pulumi-kubernetes replaces (delete and create, never patch) an object when one of these fields changes
+# (provider/pkg/provider/diff.go forceNewProperties, v4.32+): its name or namespace for every kind, and the
+# kind's immutable fields. ConfigMap and Secret data too: the provider's enableConfigMapMutable and
+# enableSecretMutable are off by default. A claim replaced this way is a new, empty volume.
+K8S_FORCE_NEW_ALL = ("metadata.name", "metadata.namespace")
+K8S_FORCE_NEW: dict[str, tuple[str, ...]] = {
+    "kubernetes:core/v1:PersistentVolumeClaim": (
+        "spec.accessModes",
+        "spec.selector",
+        "spec.storageClassName",
+        "spec.volumeName",
+    ),
+    "kubernetes:apps/v1:Deployment": ("spec.selector",),
+    "kubernetes:apps/v1:DaemonSet": ("spec.selector",),
+    "kubernetes:apps/v1:StatefulSet": (
+        "spec.podManagementPolicy",
+        "spec.revisionHistoryLimit",
+        "spec.selector",
+        "spec.serviceName",
+        "spec.volumeClaimTemplates",
+    ),
+    "kubernetes:batch/v1:Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
+    "kubernetes:core/v1:Service": ("spec.clusterIP",),
+    "kubernetes:core/v1:ConfigMap": ("data", "binaryData"),
+    "kubernetes:core/v1:Secret": ("type", "stringData", "data"),
+}
+
+
+def _at(inputs: Mapping[str, Any], path: str) -> Any:
+    value: Any = inputs
+    for part in path.split("."):
+        value = value.get(part, _MISSING) if isinstance(value, Mapping) else _MISSING
+    return value
+
+
+def kubernetes_force_new(type_: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """The fields whose change makes pulumi-kubernetes replace this object."""
+    if not type_.startswith("kubernetes:") or type_.startswith("kubernetes:helm.sh/"):
+        return []
+    paths = (*K8S_FORCE_NEW_ALL, *K8S_FORCE_NEW.get(type_, ()))
+    return [p for p in paths if _at(before, p) != _at(after, p)]
+
+
 PROVIDER_PREFIX = "pulumi:providers:"
 PROVIDER_REPLACE_KEYS = frozenset({"host"})  # a provider for another host is another provider
 
@@ -272,7 +315,9 @@ def diff_plans(before: Mapping[str, Any], after: Mapping[str, Any], stack: str |
                 continue
             type_ = str(new[urn]["type"])
             names = tuple(k for k, _, _ in keys)
-            replace = replaces(type_, set(names), new[urn].get("inputs") or {})
+            after_inputs = new[urn].get("inputs") or {}
+            forced = kubernetes_force_new(type_, old[urn].get("inputs") or {}, after_inputs)
+            replace = replaces(type_, set(names), after_inputs) or bool(forced)
             action: Action = "replace" if replace else "update"
             change = Change(
                 action,

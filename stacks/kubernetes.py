@@ -30,7 +30,14 @@ import json
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.k8s_cluster import GpuCluster, GpuClusterArgs, OperatorSpec, gpu_capacity
+from components.k8s_cluster import (
+    GpuCluster,
+    GpuClusterArgs,
+    OperatorSpec,
+    SharingSpec,
+    gpu_capacity,
+    node_product_labels,
+)
 from components.k8s_smoke import SmokeJob, SmokeJobArgs
 from components.k8s_workload import GpuWorkload, GpuWorkloadArgs, ProbeSpec, VolumeSpec
 from components.profiles import GpuProfile
@@ -137,7 +144,7 @@ def smoke_job_args(name: str, svc: Service, target: KubernetesTarget, *, on_gpu:
 
 
 def workload_args(
-    name: str, svc: Service, target: KubernetesTarget, profile: GpuProfile, gpu_resource: str
+    name: str, svc: Service, target: KubernetesTarget, profile: GpuProfile, sharing: SharingSpec
 ) -> GpuWorkloadArgs:
     gpu = svc.gpu.count if svc.gpu.mode == "count" else 0
     on_cpu = svc.run_on == "cpu"
@@ -152,7 +159,7 @@ def workload_args(
         command=svc.command_list,
         replicas=0 if on_cpu else svc.replicas,
         gpu=gpu,
-        gpu_resource=gpu_resource,
+        gpu_resource=sharing.resource_name,
         mig_resource=f"nvidia.com/mig-{svc.mig_profile}" if svc.mig_profile else None,
         cpu_fallback=svc.cpu_fallback,
         cpu_image=svc.cpu_image,
@@ -166,7 +173,8 @@ def workload_args(
         cpu=svc.cpu,
         shm_mib=svc.shm_size,
         probe=probe_spec(svc.healthcheck) if svc.healthcheck else None,
-        gpu_products=profile.gpu_products if gpu else (),
+        # what GPU feature discovery really labels the node under this sharing (NVIDIA-A2-SHARED ...)
+        gpu_products=node_product_labels(sharing, profile) if gpu else (),
     )
 
 
@@ -186,20 +194,24 @@ def deploy(stack: ResolvedStack) -> None:
     cluster_provider = provider(target, secret="target" in stack.secret_keys)
     on_cluster = pulumi.ResourceOptions(provider=cluster_provider)
 
-    # 2. The services' namespace. Pod Security "restricted" fits every GpuWorkload pod (non-root, no
-    #    capabilities, seccomp RuntimeDefault); hostPath volumes need "privileged" (baseline forbids them).
+    # 2. The services' namespace, unless it exists already (target.createNamespace: false): then it is
+    #    never created, relabelled or deleted. Pod Security "restricted" fits every GpuWorkload pod
+    #    (non-root, no capabilities, seccomp RuntimeDefault); hostPath volumes need "privileged". One the
+    #    stack creates is kept on destroy: deleting a namespace deletes everything in it, claims included.
     host_paths = any(not v.is_relative for s in services.values() for v in s.volumes)
-    namespace = k8s.core.v1.Namespace(
-        "namespace",
-        metadata=k8s.meta.v1.ObjectMetaArgs(
-            name=target.namespace,
-            labels={
-                **LABELS,
-                "pod-security.kubernetes.io/enforce": "privileged" if host_paths else "restricted",
-            },
-        ),
-        opts=on_cluster,
-    )
+    namespace: k8s.core.v1.Namespace | None = None
+    if target.create_namespace:
+        namespace = k8s.core.v1.Namespace(
+            "namespace",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name=target.namespace,
+                labels={
+                    **LABELS,
+                    "pod-security.kubernetes.io/enforce": "privileged" if host_paths else "restricted",
+                },
+            ),
+            opts=pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(retain_on_delete=True)),
+        )
 
     # 3. The GPU cluster pieces (none for profile cpu): runtime class, sharing config, operator.
     cluster: GpuCluster | None = None
@@ -229,12 +241,14 @@ def deploy(stack: ResolvedStack) -> None:
     # 4. One GpuWorkload per enabled service, in dependsOn order.
     workloads: dict[str, GpuWorkload] = {}
     for name, svc in services.items():
-        waits_for: list[pulumi.Resource] = [namespace, *(workloads[dep] for dep in svc.depends_on)]
+        waits_for: list[pulumi.Resource] = [*(workloads[dep] for dep in svc.depends_on)]
+        if namespace is not None:
+            waits_for.append(namespace)
         if cluster is not None and svc.gpu.wants_gpu:
             waits_for.append(cluster)
         workloads[name] = GpuWorkload(
             name,
-            workload_args(name, svc, target, profile, sharing.resource_name),
+            workload_args(name, svc, target, profile, sharing),
             opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=waits_for),
         )
 
@@ -250,7 +264,7 @@ def deploy(stack: ResolvedStack) -> None:
 
     pulumi.export("profile", profile.key)
     pulumi.export("target", f"kubernetes:{target.context}")
-    pulumi.export("namespace", namespace.metadata.name)
+    pulumi.export("namespace", target.namespace)
     pulumi.export(
         "gpuSharing",
         {

@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import time
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -568,20 +569,11 @@ def test_driver_bad_parameters(host: Host, env: dict[str, str], word: str) -> No
     [
         ("docker", "etc/docker/daemon.json", "docker", "systemctl restart docker"),
         ("containerd", "etc/containerd/config.toml", "containerd", "systemctl restart containerd"),
-        (
-            "microk8s",
-            "var/snap/microk8s/current/args/containerd-template.toml",
-            "containerd",
-            "snap restart microk8s",
-        ),
     ],
 )
 def test_configure_runtime_restarts_only_on_change(
     host: Host, runtime: str, config: str, ctk_runtime: str, restart: str
 ) -> None:
-    if runtime == "microk8s":
-        (host.root / config).parent.mkdir(parents=True)
-        (host.root / config).write_text("[plugins]\n")
     result = host.run("configure-runtime", CONTAINER_RUNTIME=runtime)
     assert result.returncode == 0, result.stderr
     assert host.called("nvidia-ctk") == [
@@ -595,6 +587,56 @@ def test_configure_runtime_restarts_only_on_change(
     assert again.returncode == 0, again.stderr
     assert "no restart" in again.stderr
     assert not [c for c in host.calls() if c.startswith(("systemctl", "snap", "microk8s"))]
+
+
+MICROK8S_TEMPLATE = Path(__file__).parent / "upstream" / "microk8s-1.30-containerd-template.toml"
+
+
+def render_like_microk8s(template: str) -> dict[str, Any]:
+    """microk8s 1.30 wrappers/run-containerd-with-args (lines 49-58): sed over the template, then TOML."""
+    values = {
+        "${SNAP}": "/snap/microk8s/7000",
+        "${SNAP_DATA}": "/var/snap/microk8s/7000",
+        "${SNAPSHOTTER}": "overlayfs",
+        "${RUNTIME}": "runc",
+        "${RUNTIME_TYPE}": "io.containerd.runc.v2",
+    }
+    for placeholder, value in values.items():
+        template = template.replace(placeholder, value)
+    assert "${" not in template, "a placeholder MicroK8s does not render"
+    return tomllib.loads(template)
+
+
+def test_microk8s_gets_the_nvidia_runtime_in_its_real_template(host: Host) -> None:
+    """The real MicroK8s 1.30 template, changed by the script, still renders into a containerd config with
+    every original runtime and setting, plus `nvidia` shaped like the template's own GPU runtime; no
+    drop-in import (what nvidia-ctk 1.18+ would add with unrendered placeholders). Idempotent."""
+    config = host.root / "var/snap/microk8s/current/args/containerd-template.toml"
+    config.parent.mkdir(parents=True)
+    original = MICROK8S_TEMPLATE.read_text()
+    config.write_text(original)
+    result = host.run("configure-runtime", CONTAINER_RUNTIME="microk8s")
+    assert result.returncode == 0, result.stderr
+    assert not host.called("nvidia-ctk runtime"), "nvidia-ctk would write a drop-in from 1.18 on"
+    assert host.called("snap") == ["snap restart microk8s"]
+    changed = config.read_text()
+    assert changed.startswith(original), "nothing of the template is changed, only added to"
+    before, after = render_like_microk8s(original), render_like_microk8s(changed)
+    cri_before = before["plugins"]["io.containerd.grpc.v1.cri"]
+    cri_after = after["plugins"]["io.containerd.grpc.v1.cri"]
+    runtimes = cri_after["containerd"].pop("runtimes")
+    assert set(runtimes) == {"runc", "nvidia-container-runtime", "kata", "nvidia"}
+    assert runtimes["nvidia"] == runtimes["nvidia-container-runtime"]
+    assert runtimes["nvidia"]["runtime_type"] == runtimes["runc"]["runtime_type"] == "io.containerd.runc.v2"
+    cri_before["containerd"].pop("runtimes")
+    assert cri_after == cri_before and "imports" not in after
+    assert {k: v for k, v in after.items() if k != "plugins"} == {
+        k: v for k, v in before.items() if k != "plugins"
+    }
+
+    again = host.run("configure-runtime", CONTAINER_RUNTIME="microk8s")
+    assert again.returncode == 0 and "no restart" in again.stderr
+    assert not host.called("snap") and config.read_text() == changed
 
 
 @pytest.mark.parametrize(

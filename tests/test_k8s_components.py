@@ -26,6 +26,7 @@ from components.k8s_cluster import (
     OperatorSpec,
     SharingSpec,
     device_plugin_config,
+    operator_values,
     validate_sharing,
 )
 from components.k8s_manifests import SECRET_SIG, SIG_KEY, UNKNOWN, to_manifest
@@ -241,7 +242,13 @@ def test_namespace_and_runtime_class(registered: list[Registered]) -> None:
     ns = manifest(registered, "kubernetes:core/v1:Namespace", "a2-namespace")
     assert ns["metadata"]["name"] == "gpu-operator"
     assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
-    rc = manifest(registered, "kubernetes:node.k8s.io/v1:RuntimeClass", "a2-runtime-class")
+    # One owner: with the GPU Operator (a2) the operator creates `nvidia`; without it (dp), Pulumi does.
+    assert not [
+        r
+        for r in registered
+        if r.typ == "kubernetes:node.k8s.io/v1:RuntimeClass" and r.name == "a2-runtime-class"
+    ]
+    rc = manifest(registered, "kubernetes:node.k8s.io/v1:RuntimeClass", "dp-runtime-class")
     assert rc["apiVersion"] == "node.k8s.io/v1"
     assert rc["metadata"]["name"] == "nvidia"
     assert rc["handler"] == "nvidia"
@@ -294,8 +301,9 @@ def test_operator_release_on_microk8s(registered: list[Registered]) -> None:
     assert release["namespace"] == "gpu-operator"
     values = release["values"]
     assert values["driver"] == {"enabled": False}
-    assert values["toolkit"]["enabled"] is False
-    env = {e["name"]: e["value"] for e in values["toolkit"]["env"]}
+    assert values["toolkit"] == {"enabled": False}, "toolkit.env is read only by the toolkit container"
+    with_toolkit = operator_values(cluster_args(operator=OperatorSpec(enabled=True, toolkit=True)))
+    env = {e["name"]: e["value"] for e in with_toolkit["toolkit"]["env"]}
     assert env == MICROK8S_TOOLKIT_ENV
     assert env["CONTAINERD_CONFIG"] == "/var/snap/microk8s/current/args/containerd-template.toml"
     assert env["CONTAINERD_SOCKET"] == "/var/snap/microk8s/common/run/containerd.sock"
@@ -320,6 +328,9 @@ def test_device_plugin_and_dcgm_releases(registered: list[Registered]) -> None:
     assert dcgm["repositoryOpts"] == {"repo": "https://nvidia.github.io/dcgm-exporter/helm-charts"}
     assert dcgm["version"]
     assert dcgm["values"]["service"]["port"] == 9400
+    # NFD's NVIDIA PCI label (the plugin chart installs NFD with GFD); nvidia.com/gpu.present is the
+    # operator's alone, so without the operator the exporter would run on no node
+    assert dcgm["values"]["nodeSelector"] == {"feature.node.kubernetes.io/pci-10de.present": "true"}
     names = {r.name for r in registered if r.typ == "kubernetes:helm.sh/v3:Release"}
     assert "dp-gpu-operator" not in names
     assert "CONTAINERD" not in json.dumps(plugin["values"])

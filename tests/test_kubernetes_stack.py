@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.k8s_cluster import CONFIG_MAP_NAME, MICROK8S_TOOLKIT_ENV
+from components.k8s_cluster import CONFIG_MAP_NAME
 from components.k8s_manifests import to_manifest
 from components.specs import check_image_pinned
 from policy.validators import StackContext, check_resource
@@ -124,9 +124,11 @@ def test_every_kubernetes_object_validates_for_the_stacks_version(
         kubernetes_validate.validate(manifest, k8s_version(), strict=True)
         assert "[unknown]" not in json.dumps(manifest), resource.name
         kinds.append(manifest["kind"])
+    # one Namespace: the GPU components'; `ai` exists (createNamespace: false). No RuntimeClass: the GPU
+    # Operator owns `nvidia`.
     assert sorted(kinds) == sorted(
-        ["Namespace"] * 2
-        + ["RuntimeClass", "ConfigMap", "PersistentVolumeClaim"]
+        ["Namespace"]
+        + ["ConfigMap", "PersistentVolumeClaim"]
         + ["Deployment"] * 4  # kokoro, kokoro-cpu, faster-whisper, faster-whisper-cpu
         + ["Service"] * 2
         + ["ConfigMap", "Job"] * 2  # the smoke tests (tests/test_k8s_smoke.py)
@@ -152,7 +154,7 @@ def test_every_kubernetes_resource_uses_the_explicit_provider(plan: Plan) -> Non
         "enableServerSideApply": "true",  # provider config reaches the engine as strings
     }
     kubernetes = [r for r in plan.resources if r.type.startswith("kubernetes:")]
-    assert len(kubernetes) == 16
+    assert len(kubernetes) == 14
     for resource in kubernetes:
         assert resource.options["provider"] == provider.urn, resource.name
 
@@ -195,7 +197,6 @@ def test_device_plugin_config_map_is_time_slicing_with_two_replicas(plan: Plan) 
             }
         },
     }
-    assert "devices" not in json.dumps(config), "the write-up's `devices: all` is not a config key"
 
 
 def test_gpu_operator_uses_the_host_driver_and_toolkit_and_our_config_map(plan: Plan) -> None:
@@ -205,12 +206,14 @@ def test_gpu_operator_uses_the_host_driver_and_toolkit_and_our_config_map(plan: 
     assert release["namespace"] == "gpu-operator"
     values = release["values"]
     assert values["driver"] == {"enabled": False}
-    assert values["toolkit"]["enabled"] is False
-    assert {e["name"]: e["value"] for e in values["toolkit"]["env"]} == MICROK8S_TOOLKIT_ENV
+    # the host has the toolkit: no toolkit container, so no toolkit.env (nothing else reads it)
+    assert values["toolkit"] == {"enabled": False}
     assert values["devicePlugin"]["config"] == {"name": CONFIG_MAP_NAME, "default": "default"}
     assert values["dcgmExporter"] == {"enabled": True}
-    runtime_class = manifest_of(plan, "kubernetes:node.k8s.io/v1:RuntimeClass", "nvidia-runtime-class")
-    assert (runtime_class["metadata"]["name"], runtime_class["handler"]) == ("nvidia", "nvidia")
+    assert values["mig"] == {"strategy": "none"}, "else the chart's `single` overrides the ConfigMap"
+    assert "operator" not in values, "operator.defaultRuntime is gone from chart v25.3.0"
+    # one owner for the RuntimeClass: the operator creates `nvidia` (operator.runtimeClass)
+    assert not plan.by_type("kubernetes:node.k8s.io/v1:RuntimeClass")
 
 
 @pytest.mark.parametrize("service", GPU_SERVICES)
@@ -221,7 +224,9 @@ def test_gpu_workloads_ask_for_one_gpu_on_the_a2_with_pinned_images(plan: Plan, 
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     spec = pod(deployment)
     assert spec["runtimeClassName"] == "nvidia"
-    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A2"}
+    # time-slicing, 2 replicas, renameByDefault false: GPU feature discovery labels the node
+    # NVIDIA-A2-SHARED (k8s-device-plugin v0.17.1 internal/lm/resource.go); NVIDIA-A2 would stay Pending
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A2-SHARED"}
     (container,) = spec["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert container["resources"]["requests"]["nvidia.com/gpu"] == "1"
@@ -239,7 +244,11 @@ def test_the_services_specifics(plan: Plan) -> None:
     whisper = pod(manifest_of(plan, DEPLOYMENT, "faster-whisper"))["containers"][0]
     env = {e["name"]: e.get("value") for e in whisper["env"]}
     assert env["WHISPER__INFERENCE_DEVICE"] == "cuda"
-    assert whisper["image"] == "fedirz/faster-whisper-server:0.5.0-cuda"
+    # 0.5.0 ran as root from /root only; speaches 0.7.0 is built for ubuntu 1000:1000
+    assert whisper["image"] == "ghcr.io/speaches-ai/speaches:0.7.0-cuda"
+    assert pod(manifest_of(plan, DEPLOYMENT, "faster-whisper"))["securityContext"]["runAsUser"] == 1000
+    # kokoro-fastapi-gpu v0.2.4 is built for appuser 1001:1001
+    assert pod(manifest_of(plan, DEPLOYMENT, "kokoro"))["securityContext"]["runAsUser"] == 1001
     kokoro = manifest_of(plan, "kubernetes:core/v1:Service", "kokoro-service")
     assert kokoro["spec"]["ports"] == [
         {"name": "tcp-8880", "port": 8880, "targetPort": 8880, "protocol": "TCP"}
@@ -248,9 +257,12 @@ def test_the_services_specifics(plan: Plan) -> None:
     assert [p["port"] for p in whisper_service["spec"]["ports"]] == [8000]
     claim = manifest_of(plan, "kubernetes:core/v1:PersistentVolumeClaim", "faster-whisper-models")
     assert claim["spec"]["resources"]["requests"] == {"storage": "20Gi"}
-    namespace = manifest_of(plan, "kubernetes:core/v1:Namespace", "namespace")
-    assert namespace["metadata"]["name"] == "ai"
-    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert plan.named("kubernetes:core/v1:PersistentVolumeClaim", "faster-whisper-models").options[
+        "retainOnDelete"
+    ], "the model cache survives disable, rename and destroy"
+    # `ai` is the team's namespace: never created, relabelled or deleted by the stack
+    assert not [r for r in plan.by_type("kubernetes:core/v1:Namespace") if r.name == "namespace"]
+    assert plan.outputs["namespace"] == "ai"
 
 
 def test_both_gpu_services_fit_the_time_sliced_a2_at_once(plan: Plan) -> None:
@@ -446,7 +458,24 @@ REFUSED: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     ),
     ("memory", _set("services.kokoro.memory", None), "services.kokoro.memory", "required on kubernetes"),
     ("auto", _set("profile", "auto"), "profile", "names its card"),
-    ("namespace", _set("target.namespace", "kube-system"), "target.namespace", "the cluster's own"),
+    (
+        "namespace",
+        _all(_set("target.namespace", "kube-system"), _set("target.createNamespace", True)),
+        "target.namespace",
+        "the cluster's own: pick one, or set target.createNamespace: false",
+    ),
+    (
+        "one-replica",
+        _set("gpuSharing.replicas", 1),
+        "gpuSharing.replicas",
+        "must be at least 2 with time-slicing, got 1: the NVIDIA device plugin refuses fewer",
+    ),
+    (
+        "one-replica-per-product",
+        _set("gpuSharing.perProduct", {"NVIDIA-A2": {"replicas": 1}}),
+        "gpuSharing.perProduct.NVIDIA-A2",
+        "must be at least 2 with time-slicing",
+    ),
     (
         "same-namespace",
         _set("gpuOperator.namespace", "ai"),
@@ -521,7 +550,7 @@ def test_render_writes_one_valid_file_per_object(tmp_path: Path, plan: Plan) -> 
     expected = {f"{m['kind'].lower()}-{m['metadata']['name'].lower()}.yaml": m for _, m in objects(plan)}
     files = {p.name: p for p in out.glob("*.yaml")}
     assert set(files) == set(expected)
-    assert len(files) == len(objects(plan)) == 15
+    assert len(files) == len(objects(plan)) == 13
     for name, path in files.items():
         documents = list(yaml.safe_load_all(path.read_text()))
         assert len(documents) == 1, name
@@ -608,6 +637,68 @@ def test_a_secure_value_in_services_keeps_env_secret_and_the_fallback_still_over
     assert [e["name"] for e in cpu].count("USE_GPU") == 1
     rendered = render.render(plan)  # the plan shows the Secret's data as "[secret]"; render keeps its keys
     secret = rendered.manifests["secret-kokoro-env.yaml"]
-    assert secret["stringData"] == {"API_KEY": "[secret]", "USE_GPU": "[secret]"}
+    plain = {"USE_GPU", "HOME", "UV_CACHE_DIR", "TEMP_FILE_DIR"}  # the service's env, made secret by the CLI
+    assert secret["stringData"] == {"API_KEY": "[secret]", **{key: "[secret]" for key in plain}}
     for manifest in rendered.manifests.values():
         kubernetes_validate.validate(manifest, k8s_version(), strict=True)
+
+
+def test_children_wait_for_what_their_component_waits_for(plan: Plan) -> None:
+    """One rule on both targets (components.options.child_options): Pulumi does not hand a component's
+    dependsOn to its children, so each child records its component's dependencies itself."""
+    by_urn = {r.urn: r for r in plan.resources}
+    checked = 0
+    for child in plan.resources:
+        parent = by_urn.get(child.parent or "")
+        if parent is None or parent.custom or not parent.type.startswith("gpu-deploy:"):
+            continue
+        assert set(parent.options["dependsOn"]) <= set(child.options["dependsOn"]), (parent.name, child.name)
+        checked += 1
+    workloads = [r for r in plan.resources if r.type == "gpu-deploy:kubernetes:GpuWorkload"]
+    assert all(w.options["dependsOn"] for w in workloads), "every workload waits for the GPU cluster"
+    assert checked >= 10
+
+
+# ---------------------------------------------------------------- data is never deleted by a config change
+def diff_after(tmp_path: Path, plan: Plan, edit: Callable[[dict[str, Any]], None]) -> Any:
+    from stacks.diff import diff_plans
+
+    return diff_plans(plan.as_json(), plan_with(tmp_path, STACK, edit).as_json())
+
+
+CLAIM = "kubernetes:core/v1:PersistentVolumeClaim"
+
+
+@pytest.mark.parametrize(
+    ("case", "edit", "action"),
+    [
+        ("disable", lambda c: services(c)["faster-whisper"].update(enabled=False), "delete"),
+        ("drop-volume", lambda c: services(c)["faster-whisper"].update(volumes=[], storage={}), "delete"),
+        ("storage-class", lambda c: c[f"{NAMESPACE}:target"].update(storageClass="fast-ssd"), "replace"),
+        ("namespace", lambda c: c[f"{NAMESPACE}:target"].update(namespace="speech"), "replace"),
+    ],
+)
+def test_a_config_change_never_deletes_a_claims_data(
+    tmp_path: Path, plan: Plan, case: str, edit: Callable[[dict[str, Any]], None], action: str
+) -> None:
+    """The claim is retained on delete (its data stays in the cluster); a change pulumi-kubernetes can only
+    make by replacing the claim (a new name, namespace or storage class: diff.go forceNewProperties) is
+    reported as the replace it is, with the old claim kept."""
+    diff = diff_after(tmp_path, plan, edit)
+    (change,) = [c for c in diff.changes if c.type == CLAIM]
+    assert change.action == action, change.line()
+    if action == "delete":
+        assert change.kept, "retainOnDelete: the claim and its data stay"
+    claim = plan.named(CLAIM, "faster-whisper-models")
+    assert claim.options["retainOnDelete"] is True
+
+
+def test_renaming_a_service_replaces_its_objects_and_keeps_the_old_claim(tmp_path: Path, plan: Plan) -> None:
+    def rename(config: dict[str, Any]) -> None:
+        svcs = services(config)
+        svcs["whisper"] = svcs.pop("faster-whisper")
+
+    diff = diff_after(tmp_path, plan, rename)
+    old = [c for c in diff.of("delete") if c.type == CLAIM]
+    assert [c.name for c in old] == ["faster-whisper-models"] and old[0].kept
+    assert [c.name for c in diff.of("create") if c.type == CLAIM] == ["whisper-models"]

@@ -6,8 +6,9 @@
 #                      docker      /etc/docker/daemon.json, then `systemctl restart docker`; also restarted
 #                                  when the running dockerd lacks the runtime or the NVIDIA device driver
 #                      containerd  /etc/containerd/config.toml, then `systemctl restart containerd`
-#                      microk8s    /var/snap/microk8s/current/args/containerd-template.toml,
-#                                  then `snap restart microk8s`
+#                      microk8s    the `nvidia` runtime written into
+#                                  /var/snap/microk8s/current/args/containerd-template.toml (not by
+#                                  nvidia-ctk: see microk8s_runtime), then `snap restart microk8s`
 #   HOST_ROOT          file path prefix (tests only; see common.sh)
 #
 # Exit codes: 0 ok (changed or unchanged), 11 needs root/sudo, 17 nvidia-ctk runtime configure
@@ -37,6 +38,40 @@ docker_restart_reason() {
   fi
 }
 
+# The `nvidia` runtime (the handler of RuntimeClass nvidia) in MicroK8s's containerd template, shaped like
+# the template's own nvidia-container-runtime entry. MicroK8s renders the template with sed into
+# args/containerd.toml on every start (microk8s 1.30 wrappers/run-containerd-with-args), so the template
+# is the file to change, placeholders and all. nvidia-ctk is not used here: from NVIDIA Container Toolkit 1.18 `runtime configure`
+# writes a drop-in that copies the template's CRI section with its unrendered ${...} placeholders and
+# imports it (nvidia-container-toolkit v1.18.0 pkg/config/engine/containerd/config_drop_in.go), which
+# would replace MicroK8s's working CRI settings; no flag turns that off.
+# ${RUNTIME_TYPE} is MicroK8s's own placeholder, left for its renderer:
+# shellcheck disable=SC2016
+readonly MICROK8S_NVIDIA_RUNTIME='
+    # gpu-deploy: the nvidia runtime, for RuntimeClass nvidia (as the nvidia-container-runtime entry above)
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]
+      runtime_type = "${RUNTIME_TYPE}"
+
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia.options]
+        BinaryName = "nvidia-container-runtime"'
+
+microk8s_runtime() {
+  local template="$1" restart="$2"
+  if as_root grep -qF '[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.nvidia]' "$template"; then
+    log "$template already has the nvidia runtime; no restart"
+    return 0
+  fi
+  make_temp_dir
+  as_root cat "$template" >"$TEMP_DIR/template"
+  printf '%s\n' "$MICROK8S_NVIDIA_RUNTIME" >>"$TEMP_DIR/template"
+  install_file "$TEMP_DIR/template" "$template" 0644
+  log "added the nvidia runtime to $template; running: $restart"
+  # $restart is a fixed command line: word splitting is intended.
+  # shellcheck disable=SC2086
+  as_root $restart || die "$EXIT_RUNTIME" "'$restart' failed after the nvidia runtime was added" \
+    "see 'snap logs microk8s' on the host, check $template, then run pulumi up again"
+}
+
 main() {
   local runtime="${CONTAINER_RUNTIME:-}" ctk_runtime config restart
   case "$runtime" in
@@ -54,6 +89,10 @@ main() {
   command -v nvidia-ctk >/dev/null 2>&1 || die "$EXIT_TOOLKIT" "nvidia-ctk not found on PATH" \
     "install the NVIDIA Container Toolkit first (toolkit action 'install')"
   require_root
+  if [[ "$runtime" == microk8s ]]; then
+    microk8s_runtime "${HOST_ROOT}${config}" "$restart"
+    return 0
+  fi
 
   local before after status=0
   before="$(file_sum "${HOST_ROOT}${config}")"
