@@ -50,6 +50,8 @@ from components.k8s_cluster import GPU_RESOURCE, PRODUCT_LABEL, RUNTIME_CLASS
 from components.options import child_options
 from components.specs import UserSpec, check_image_pinned
 
+PROFILE_ANNOTATION = "io.gpu-deploy.profile"
+
 VARIANT_LABEL = "gpu-deploy/variant"
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 _MAX_NAME = 48  # leaves room for "-cpu", StatefulSet ordinals and claim names within 63
@@ -109,6 +111,7 @@ class GpuWorkloadArgs:
     # nvidia.com/gpu.product values; with MIG strategy single GFD appends the profile
     # (NVIDIA-H100-80GB-HBM3-MIG-1g.10gb)
     gpu_products: Sequence[str] = ()
+    card: str | None = None  # the profile key of the card the GPU pods run on
     node_selector: Mapping[str, str] = field(default_factory=dict)  # extra, for both variants
     stateful: bool = False
     component: str = "server"  # app.kubernetes.io/component
@@ -484,7 +487,11 @@ class GpuWorkload(pulumi.ComponentResource):
                 env=env,
             ),
         )
-        metadata = k8s.meta.v1.ObjectMetaArgs(name=object_name, namespace=args.namespace, labels=labels)
+        # the card the pods run on, for the policy pack (policy/validators.py reads io.gpu-deploy.profile)
+        annotations = {PROFILE_ANNOTATION: args.card} if wants_gpu and args.card else None
+        metadata = k8s.meta.v1.ObjectMetaArgs(
+            name=object_name, namespace=args.namespace, labels=labels, annotations=annotations
+        )
         opts = child_options(self, self._opts)
         if args.stateful:
             return k8s.apps.v1.StatefulSet(

@@ -319,6 +319,18 @@ class Bastion(Model):
     host_key: HostKeyField
 
 
+class GpuNode(Model):
+    """A Kubernetes GPU node the stack provisions and checks over SSH, as a Docker host's GPU steps."""
+
+    host: Annotated[str, Field(min_length=1)]
+    user: str = "root"
+    port: int = Field(default=22, ge=1, le=65535)
+    host_key: HostKeyField  # pinned, required: ssh-keyscan -t ed25519 HOST
+    ssh_key: str | None = None  # private key (a Pulumi secret); the agent is used without it
+    bastion: Bastion | None = None
+    profile: Literal["p40", "a2", "a4000", "h100"]  # the node's card: its preflight must find it
+
+
 class DockerTarget(Model):
     kind: Literal["docker"]
     host: Annotated[str, Field(min_length=1)] = "local"
@@ -369,6 +381,9 @@ class KubernetesTarget(Model):
     # False: the namespace exists already (a team's, with other workloads in it): the stack never
     # creates, relabels or deletes it, and needs its Pod Security level to admit the pods
     create_namespace: bool = True
+    # True: an object that already exists is taken over (server-side apply) instead of refused with
+    # AlreadyExists; pulumi-kubernetes refuses by default since v4.29.0 (provider upsertExistingObjects)
+    adopt_existing: bool = False
     distribution: Literal["microk8s", "generic"] = "generic"
     version: Annotated[str, Field(pattern=r"^1\.\d{1,2}(\.\d{1,3})?$")]  # "1.30": the schema checked
     storage_class: str | None = None  # for PersistentVolumeClaims; None: the cluster's default class
@@ -498,6 +513,8 @@ class Service(Model):
     cpu_env: dict[str, EnvValue] = Field(default_factory=dict)  # the fallback's env overrides
     run_on: Literal["gpu", "cpu"] = "gpu"  # cpu: the fallback runs, the GPU Deployment scales to 0
     mig_profile: Annotated[str, Field(pattern=r"^\d+g\.\d+gb$")] | None = None  # gpu counts MIG instances
+    # kubernetes, several card types: the card this service runs on (placed only on nodes with it)
+    profile: Literal["p40", "a2", "a4000", "h100"] | None = None
     storage: dict[str, Quantity] = Field(default_factory=dict)  # PVC size per named volume: {models: 10Gi}
     driver_capabilities: str | None = None  # NVIDIA_DRIVER_CAPABILITIES; the profile's default otherwise
     smoke: list[dict[str, Any]] = Field(default_factory=list)  # components/smoke.py checks (+ whenGpu)
@@ -549,6 +566,9 @@ class StackConfig(Model):
     provision: ProvisionConfig = ProvisionConfig()
     gpu_sharing: GpuSharingConfig | None = None  # kubernetes only
     gpu_operator: GpuOperatorConfig | None = None  # kubernetes only
+    nodes: dict[Name, GpuNode] = Field(
+        default_factory=dict
+    )  # kubernetes only: GPU nodes provisioned over SSH
     services: dict[Name, Service]
 
     @field_validator("services")
@@ -643,7 +663,7 @@ def _check_acyclic(graph: Mapping[str, list[str]]) -> None:
 
 # ---------------------------------------------------------------- target kinds
 # Keys only a Kubernetes target understands (field names; the messages use the camelCase keys).
-KUBERNETES_STACK_KEYS = ("gpu_sharing", "gpu_operator")
+KUBERNETES_STACK_KEYS = ("gpu_sharing", "gpu_operator", "nodes")
 KUBERNETES_SERVICE_KEYS = (
     "replicas",
     "cpu",
@@ -653,6 +673,7 @@ KUBERNETES_SERVICE_KEYS = (
     "run_on",
     "mig_profile",
     "storage",
+    "profile",
 )
 _NO_BUILD = (
     "a kubernetes stack deploys pinned images only: there is no build host to build on. "
@@ -696,12 +717,25 @@ def _check_kubernetes(config: StackConfig, target: KubernetesTarget) -> None:
         )
     if config.image is not None:
         raise _KeyedError("image", f"{_NO_BUILD} (services.<name>.image)")
-    if "provision" in config.model_fields_set:
+    if "provision" in config.model_fields_set and not config.nodes:
         raise _KeyedError(
             "provision",
-            "host provisioning runs over SSH on Docker hosts; on kubernetes the nodes keep their own "
-            "driver and toolkit (gpuOperator.driver and gpuOperator.toolkit install them in containers)",
+            "host provisioning runs over SSH: list the GPU nodes under `nodes` (or let "
+            "gpuOperator.driver and gpuOperator.toolkit install them in containers)",
         )
+    if config.nodes and config.provision.runtime == "docker":
+        expected = "microk8s" if target.distribution == "microk8s" else "containerd"
+        raise _KeyedError(
+            "provision.runtime",
+            f"Kubernetes nodes run containerd: set {expected} (docker is for Docker hosts)",
+        )
+    cards = {config.profile, *(node.profile for node in config.nodes.values())}
+    for name, svc in config.services.items():
+        if svc.profile is not None and svc.profile not in cards:
+            raise _KeyedError(
+                f"services.{name}.profile",
+                f"no GPU node of this stack has a {svc.profile}: its cards are {', '.join(sorted(cards))}",
+            )
     operator = config.gpu_operator or GpuOperatorConfig()
     if operator.namespace == target.namespace:
         raise _KeyedError(
@@ -840,6 +874,11 @@ def kubernetes_gpu_demand(config: StackConfig) -> dict[str, tuple[int, str | Non
     }
 
 
+def service_card(config: StackConfig, name: str) -> str:
+    """The card a Kubernetes service runs on: its own `profile`, else the stack's."""
+    return config.services[name].profile or config.profile
+
+
 _SHARING_WORDS = (
     ("replicas/per_product", "replicas/perProduct"),
     ("sharing.per_product", "gpuSharing.perProduct"),
@@ -880,19 +919,29 @@ def _sharing_key(message: str, spec: SharingSpec) -> str:
 def _check_kubernetes_gpus(config: StackConfig) -> None:
     """components.k8s_cluster.validate_sharing, its ValueError turned into the key it is about:
     first the sharing setup alone (gpuSharing.*), then each GPU service's requests added in turn, so
-    the service that no longer fits is the one named (services.<name>.gpu)."""
+    the service that no longer fits is the one named (services.<name>.gpu). Each card type's nodes hold
+    its own services (`services.<name>.profile`), so each is checked on its own."""
+    gpus = (config.gpu_sharing or GpuSharingConfig()).gpus_per_node
+    demand = kubernetes_gpu_demand(config)
+    cards = [config.profile, *sorted({service_card(config, n) for n in demand} - {config.profile})]
+    for card in cards:  # not auto: refused for kubernetes before this
+        own = {n: d for n, d in demand.items() if service_card(config, n) == card}
+        _check_card_gpus(config, PROFILES[card], own, gpus)
+
+
+def _check_card_gpus(
+    config: StackConfig, profile: GpuProfile, demand: dict[str, tuple[int, str | None]], gpus: int
+) -> None:
     from components.k8s_cluster import validate_sharing  # noqa: PLC0415 (lazy, see _check_kubernetes)
 
-    profile = PROFILES[config.profile]  # not auto: refused for kubernetes before this
     spec = kubernetes_sharing(config, profile)
-    gpus = (config.gpu_sharing or GpuSharingConfig()).gpus_per_node
     try:
         validate_sharing(spec, profile, 0, gpus)
     except ValueError as err:
         raise _KeyedError(_sharing_key(str(err), spec), _sharing_problem(str(err))) from None
     total = 0
     mig: dict[str, int] = {}
-    for name, (count, mig_profile) in kubernetes_gpu_demand(config).items():
+    for name, (count, mig_profile) in demand.items():
         if mig_profile is None:
             total += count
         else:

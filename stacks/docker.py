@@ -16,7 +16,7 @@ import pulumi
 from components.cuda_image import BuildRecipe, CudaImage, RegistryLogin, release_tag
 from components.docker_host import DockerHost
 from components.gpu_container import GpuContainer, GpuContainerArgs, HealthcheckSpec, Mount
-from components.gpu_host import GpuHost, PreflightRequest, Provisioning
+from components.gpu_host import GpuHost, PreflightRequest
 from components.host_dirs import HostDirectories
 from components.profiles import PROFILES, GpuProfile
 from components.runners import HostRunners
@@ -32,9 +32,9 @@ from stacks.config import (
     StackConfig,
     smoke_checks,
 )
+from stacks.hosts import provisioning, ssh_target
 
 BUILD = "build"
-DEFAULT_DRIVER_BRANCH = "580"
 DEFAULT_DRIVER_CAPABILITIES = "compute,utility"
 
 
@@ -84,20 +84,6 @@ def healthcheck_spec(check: Healthcheck) -> HealthcheckSpec:
     else:
         test = ("CMD", *(check.command or []))
     return HealthcheckSpec(test, check.interval, check.timeout, check.retries, check.start_period)
-
-
-def ssh_target(target: DockerTarget) -> SshTarget | None:
-    """The one SSH connection both transports use (None for the local engine)."""
-    if target.is_local:
-        return None
-    bastion = target.bastion
-    return SshTarget.of(
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        host_key=target.host_key or "",
-        bastion=(bastion.host, bastion.port, bastion.user, bastion.host_key) if bastion else None,
-    )
 
 
 def docker_transport(ssh: SshTarget, target: DockerTarget, stack: str) -> pulumi.Output[list[str]]:
@@ -154,20 +140,6 @@ def base_url(svc: Service) -> str:
     port = svc.ports[0]
     host = port.host_ip if port.host_ip not in ("", "0.0.0.0") else "127.0.0.1"  # noqa: S104 - a bind address
     return f"http://{f'[{host}]' if ':' in host else host}:{port.host_port}"
-
-
-def provisioning(stack: ResolvedStack) -> Provisioning:
-    wanted = stack.config.provision
-    profile = stack.profile
-    return Provisioning(
-        driver=wanted.driver,
-        driver_branch=wanted.driver_branch or (profile.driver_branch if profile else DEFAULT_DRIVER_BRANCH),
-        # an unknown card (auto) gets the proprietary modules: every profile's card runs them
-        kernel_modules=wanted.kernel_modules or (profile.kernel_modules if profile else "proprietary"),
-        toolkit=wanted.toolkit,
-        runtime=wanted.runtime,
-        reboot=wanted.reboot,
-    )
 
 
 def detected_profile(stack: ResolvedStack, key: str) -> GpuProfile:
@@ -241,7 +213,17 @@ def deploy(stack: ResolvedStack) -> None:
     if not isinstance(target, DockerTarget):  # stacks.deploy dispatches on target.kind
         raise TypeError(f"the docker target got a {target.kind} stack")
     profile = stack.profile  # None: detected on the host by its preflight
-    ssh = ssh_target(target)
+    ssh = (
+        None
+        if target.is_local
+        else ssh_target(
+            host=target.host,
+            port=target.port,
+            user=target.user,
+            host_key=target.host_key or "",
+            bastion=target.bastion,
+        )
+    )
     connection = command_connection(ssh, target.ssh_key) if ssh else None
     services = {name: config.services[name] for name in stack.start_order()}
 
@@ -256,7 +238,7 @@ def deploy(stack: ResolvedStack) -> None:
             "gpu-host",
             connection=connection,
             runners=runners,
-            provisioning=provisioning(stack),
+            provisioning=provisioning(config.provision, profile),
             preflight=PreflightRequest(
                 profile=profile.key if profile else "auto",
                 cuda_version=config.cuda.version,

@@ -30,6 +30,7 @@ import json
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.gpu_host import GpuHost, PreflightRequest
 from components.k8s_cluster import (
     GpuCluster,
     GpuClusterArgs,
@@ -38,9 +39,12 @@ from components.k8s_cluster import (
     gpu_capacity,
     node_product_labels,
 )
+from components.k8s_gpu_check import GpuCheck, GpuCheckArgs
 from components.k8s_smoke import SmokeJob, SmokeJobArgs
 from components.k8s_workload import GpuWorkload, GpuWorkloadArgs, ProbeSpec, VolumeSpec
-from components.profiles import GpuProfile
+from components.profiles import PROFILES, GpuProfile
+from components.runners import HostRunners
+from components.ssh import command_connection
 from stacks.config import (
     GpuOperatorConfig,
     GpuSharingConfig,
@@ -50,8 +54,10 @@ from stacks.config import (
     Service,
     kubernetes_gpu_demand,
     kubernetes_sharing,
+    service_card,
     smoke_checks,
 )
+from stacks.hosts import provisioning, ssh_target
 
 PROVIDER = "kubernetes"
 CLUSTER = "nvidia"  # the GpuCluster: nvidia-namespace, nvidia-runtime-class, nvidia-device-plugin-config, ...
@@ -69,6 +75,9 @@ def provider(target: KubernetesTarget, *, secret: bool) -> k8s.Provider:
         context=target.context,
         namespace=target.namespace,
         enable_server_side_apply=True,
+        # An object that already exists (a team's, in a namespace it shares) is refused with AlreadyExists,
+        # never silently taken over, unless the stack asks (pulumi-kubernetes v4.29.0+, await.go Creation)
+        upsert_existing_objects=target.adopt_existing,
     )
 
 
@@ -175,7 +184,48 @@ def workload_args(
         probe=probe_spec(svc.healthcheck) if svc.healthcheck else None,
         # what GPU feature discovery really labels the node under this sharing (NVIDIA-A2-SHARED ...)
         gpu_products=node_product_labels(sharing, profile) if gpu else (),
+        card=profile.key if gpu else None,
     )
+
+
+def gpu_check_args(
+    profile: GpuProfile, sharing: SharingSpec, namespace: str, gpus_per_node: int
+) -> GpuCheckArgs:
+    """What the in-cluster check asks of one node: with time-slicing or MPS every replica of every GPU (a
+    node that shares less, or whose plugin refused its config, cannot take the pod); one GPU resource
+    where a pod may ask for no more (failRequestsGreaterThanOne) or MIG partitions vary per node."""
+    whole_node = sharing.mig_strategy == "none" and not sharing.fail_requests_greater_than_one
+    return GpuCheckArgs(
+        card=profile.key,
+        namespace=namespace,
+        image=profile.base_image,
+        products=node_product_labels(sharing, profile),
+        resource=sharing.resource_name,
+        capacity=gpu_capacity(sharing, profile, gpus_per_node) if whole_node else 1,
+    )
+
+
+def provision_nodes(stack: ResolvedStack) -> list[GpuHost]:
+    """GpuHost per listed node, each with its own connection, runners and card."""
+    hosts: list[GpuHost] = []
+    for name, node in sorted(stack.config.nodes.items()):
+        ssh = ssh_target(
+            host=node.host, port=node.port, user=node.user, host_key=node.host_key, bastion=node.bastion
+        )
+        connection = command_connection(ssh, node.ssh_key)
+        card = PROFILES[node.profile]
+        runners = HostRunners(f"runners-{name}", stack=stack.stack, connection=connection)
+        hosts.append(
+            GpuHost(
+                f"gpu-host-{name}",
+                connection=connection,
+                runners=runners,
+                provisioning=provisioning(stack.config.provision, card),
+                preflight=PreflightRequest(profile=card.key),
+                cuda_image_for=lambda key: PROFILES[key].base_image,
+            )
+        )
+    return hosts
 
 
 def deploy(stack: ResolvedStack) -> None:
@@ -213,7 +263,11 @@ def deploy(stack: ResolvedStack) -> None:
             opts=pulumi.ResourceOptions.merge(on_cluster, pulumi.ResourceOptions(retain_on_delete=True)),
         )
 
-    # 3. The GPU cluster pieces (none for profile cpu): runtime class, sharing config, operator.
+    # 3. The GPU nodes the stack lists (`nodes`), over SSH: runners, driver, the preflight for the node's
+    #    card, toolkit, containerd or MicroK8s given the nvidia runtime, a GPU container on the node.
+    nodes = provision_nodes(stack)
+
+    # 4. The GPU cluster pieces (none for profile cpu): runtime class, sharing config, operator.
     cluster: GpuCluster | None = None
     if profile.is_gpu:
         cluster = GpuCluster(
@@ -233,12 +287,29 @@ def deploy(stack: ResolvedStack) -> None:
                 dcgm_chart_version=operator.dcgm_version,
                 profile=profile,
                 gpus_per_node=gpus_per_node,
-                gpu_requests_total=sum(count for count, mig in demand.values() if mig is None),
+                # the stack's own card's services (another card's nodes hold theirs: stacks/config.py)
+                gpu_requests_total=sum(
+                    count
+                    for name, (count, mig) in demand.items()
+                    if mig is None and service_card(config, name) == profile.key
+                ),
             ),
-            opts=pulumi.ResourceOptions(providers=[cluster_provider]),
+            opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=list(nodes)),
         )
 
-    # 4. One GpuWorkload per enabled service, in dependsOn order.
+    # 5. Before any GPU workload: a pod proves a GPU node runs GPU containers and advertises what the
+    #    sharing config promises (components/k8s_gpu_check.py), one per card type the GPU services use.
+    checks: dict[str, GpuCheck] = {}
+    if cluster is not None:
+        before_check: list[pulumi.Resource] = [cluster, *([namespace] if namespace else [])]
+        for card in sorted({service_card(config, name) for name in demand}):
+            checks[card] = GpuCheck(
+                f"gpu-check-{card}",
+                gpu_check_args(PROFILES[card], sharing, target.namespace, gpus_per_node),
+                opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=before_check),
+            )
+
+    # 6. One GpuWorkload per enabled service, in dependsOn order.
     workloads: dict[str, GpuWorkload] = {}
     for name, svc in services.items():
         waits_for: list[pulumi.Resource] = [*(workloads[dep] for dep in svc.depends_on)]
@@ -246,13 +317,15 @@ def deploy(stack: ResolvedStack) -> None:
             waits_for.append(namespace)
         if cluster is not None and svc.gpu.wants_gpu:
             waits_for.append(cluster)
+        if name in demand and service_card(config, name) in checks:
+            waits_for.append(checks[service_card(config, name)])
         workloads[name] = GpuWorkload(
             name,
-            workload_args(name, svc, target, profile, sharing),
+            workload_args(name, svc, target, PROFILES[service_card(config, name)], sharing),
             opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=waits_for),
         )
 
-    # 5. Smoke tests in the cluster, each after its own service's pods are ready.
+    # 7. Smoke tests in the cluster, each after its own service's pods are ready.
     for name, svc in services.items():
         smoke_args = smoke_job_args(name, svc, target, on_gpu=name in demand)
         if smoke_args is not None:

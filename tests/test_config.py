@@ -171,13 +171,13 @@ def test_auto_profile() -> None:
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        ("bogus", "cuda, gpuOperator, gpuSharing, image, profile, provision, services, target"),
+        ("bogus", "cuda, gpuOperator, gpuSharing, image, nodes, profile, provision, services, target"),
         ("target.bogus", "bastion, host, hostKey, kind, port, root, sshKey, user"),
         ("image.bogus", "appUid, buildArgs, context, dockerfile, registry, repository, tag, target"),
         (
             "services.app.bogus",
             "build, command, cpu, cpuEnv, cpuFallback, cpuImage, dependsOn, driverCapabilities, enabled, "
-            "env, gpu, healthcheck, image, memory, migProfile, oneShot, ports, replicas, restart, runOn, "
+            "env, gpu, healthcheck, image, memory, migProfile, oneShot, ports, profile, replicas, restart, runOn, "
             "secretEnv, shmSize, smoke, smokeDeadline, storage, user, volumes",
         ),
         ("services.app.healthcheck.bogus", "command, http, interval, retries, startPeriod, timeout"),

@@ -164,9 +164,9 @@ def test_the_job_waits_for_its_own_workload_only(plan: Plan) -> None:
 def test_the_policy_pack_passes_on_the_smoke_jobs(plan: Plan) -> None:
     context = StackContext.from_config(read_stack_config(PROJECT_DIR, STACK)[1], stack=STACK)
     jobs = plan.by_type(JOB)
-    assert len(jobs) == 2
+    assert len(jobs) == 3  # two smoke tests and the GPU check (tests/test_kubernetes_stack.py)
     for job in jobs:
-        assert check_resource(job.type, job.inputs, context, name=job.name) == []
+        assert check_resource(job.type, job.inputs, context, name=job.name) == [], job.name
 
 
 # ---------------------------------------------------------------- when it runs again
@@ -223,7 +223,7 @@ def test_no_job_without_checks_or_when_nothing_serves(tmp_path: Path) -> None:
         services(config)["faster-whisper"]["replicas"] = 0
 
     planned = plan_with(tmp_path, STACK, no_checks)
-    assert planned.by_type(JOB) == []
+    assert [j.name for j in planned.by_type(JOB)] == ["gpu-check-a2-job"], "only the GPU check"
     assert not any("smoke" in r.name for r in planned.resources)
 
 
@@ -302,7 +302,7 @@ def test_render_writes_the_smoke_objects_and_they_validate(tmp_path: Path, plan:
             kubernetes_validate.validate(manifest, k8s_version(), strict=True)
         assert config_map["data"]["smoke.py"].encode("utf-8") == SMOKE_RUNNER.read_bytes()
         assert job == job_of(plan, service)[1]
-    assert len([m for _, m in objects(plan) if m["kind"] == "Job"]) == 2
+    assert len([m for _, m in objects(plan) if m["kind"] == "Job" and "smoke" in m["metadata"]["name"]]) == 2
 
 
 # ---------------------------------------------------------------- the Job's command, run here

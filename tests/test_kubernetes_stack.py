@@ -132,6 +132,7 @@ def test_every_kubernetes_object_validates_for_the_stacks_version(
         + ["Deployment"] * 4  # kokoro, kokoro-cpu, faster-whisper, faster-whisper-cpu
         + ["Service"] * 2
         + ["ConfigMap", "Job"] * 2  # the smoke tests (tests/test_k8s_smoke.py)
+        + ["Job"]  # the GPU check before the workloads
     )
     assert [r.name for r in chosen.by_type(RELEASE)] == ["nvidia-gpu-operator"]
 
@@ -152,9 +153,10 @@ def test_every_kubernetes_resource_uses_the_explicit_provider(plan: Plan) -> Non
         "context": "microk8s",
         "namespace": "ai",
         "enableServerSideApply": "true",  # provider config reaches the engine as strings
+        "upsertExistingObjects": "false",  # the team's objects in `ai` are never silently taken over
     }
     kubernetes = [r for r in plan.resources if r.type.startswith("kubernetes:")]
-    assert len(kubernetes) == 14
+    assert len(kubernetes) == 15
     for resource in kubernetes:
         assert resource.options["provider"] == provider.urn, resource.name
 
@@ -423,8 +425,13 @@ REFUSED: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "image",
         "pinned images only",
     ),
-    ("provision", _set("provision", {"driver": "install"}), "provision", "runs over SSH on Docker hosts"),
-    ("docker-target-key", _set("target.host", "a2.internal"), "target.host", "unknown key; allowed: context"),
+    ("provision", _set("provision", {"driver": "install"}), "provision", "list the GPU nodes under `nodes`"),
+    (
+        "docker-target-key",
+        _set("target.host", "a2.internal"),
+        "target.host",
+        "unknown key; allowed: adoptExisting, context",
+    ),
     (
         "floating-tag",
         _set("services.faster-whisper.image", "fedirz/faster-whisper-server:latest-cuda"),
@@ -550,7 +557,7 @@ def test_render_writes_one_valid_file_per_object(tmp_path: Path, plan: Plan) -> 
     expected = {f"{m['kind'].lower()}-{m['metadata']['name'].lower()}.yaml": m for _, m in objects(plan)}
     files = {p.name: p for p in out.glob("*.yaml")}
     assert set(files) == set(expected)
-    assert len(files) == len(objects(plan)) == 13
+    assert len(files) == len(objects(plan)) == 14
     for name, path in files.items():
         documents = list(yaml.safe_load_all(path.read_text()))
         assert len(documents) == 1, name
@@ -702,3 +709,142 @@ def test_renaming_a_service_replaces_its_objects_and_keeps_the_old_claim(tmp_pat
     old = [c for c in diff.of("delete") if c.type == CLAIM]
     assert [c.name for c in old] == ["faster-whisper-models"] and old[0].kept
     assert [c.name for c in diff.of("create") if c.type == CLAIM] == ["whisper-models"]
+
+
+def test_a_gpu_check_proves_the_node_before_any_gpu_workload(plan: Plan) -> None:
+    """The check pod needs everything the A2 node is meant to give: the runtime class, the product label
+    GFD sets under time-slicing, and both time-slices (a node whose plugin refused its config advertises
+    none); it runs nvidia-smi, whose message is the pod's termination message when it fails."""
+    job = plan.named("kubernetes:batch/v1:Job", "gpu-check-a2-job")
+    spec = job.inputs["spec"]["template"]["spec"]
+    assert spec["runtimeClassName"] == "nvidia"
+    (term,) = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    assert term["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-A2-SHARED"]}
+    ]
+    (container,) = spec["containers"]
+    assert container["command"] == ["nvidia-smi", "-L"]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    check_image_pinned(container["image"])
+    assert job.inputs["spec"]["backoffLimit"] == 0
+    for service in GPU_SERVICES:
+        workload = plan.named("gpu-deploy:kubernetes:GpuWorkload", service)
+        assert job.urn in workload.options["dependsOn"], "a component's dependency is its children"
+
+
+# ---------------------------------------------------------------- GPU nodes over SSH, two card types
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIL8war8sJe6U3kmQHIT7Umy2qtAlRF7xs29MLzDt2aNi"
+
+
+def two_card_cluster(config: dict[str, Any]) -> None:
+    """The A2 MicroK8s node of the write-up plus an H100 node, both provisioned over SSH; a vision service
+    on the H100 only."""
+    config[f"{NAMESPACE}:nodes"] = {
+        "a2-node": {"host": "a2.gpu.internal", "user": "deploy", "hostKey": ED25519, "profile": "a2"},
+        "h100-node": {
+            "host": "h100.gpu.internal",
+            "user": "deploy",
+            "hostKey": ED25519,
+            "profile": "h100",
+            "bastion": {"host": "jump.gpu.internal", "user": "ops", "hostKey": ED25519},
+        },
+    }
+    config[f"{NAMESPACE}:provision"] = {"driver": "verify", "toolkit": "verify", "runtime": "microk8s"}
+    services(config)["vision"] = {
+        "image": "ghcr.io/example/vision:1.4.2",
+        "profile": "h100",
+        "gpu": 1,
+        "memory": "8g",
+        "user": "1000:1000",
+        "ports": ["8080:8080"],
+    }
+
+
+@pytest.fixture(scope="module")
+def two_cards(tmp_path_factory: pytest.TempPathFactory) -> Plan:
+    return plan_with(tmp_path_factory.mktemp("two-cards"), STACK, two_card_cluster)
+
+
+def test_each_gpu_node_gets_the_host_steps_for_its_card_before_the_cluster(two_cards: Plan) -> None:
+    commands = {r.name: r for r in two_cards.by_type("command:remote:Command")}
+    for node, card in (("a2-node", "a2"), ("h100-node", "h100")):
+        preflight = commands[f"gpu-host-{node}-preflight"].inputs["create"]
+        assert f"--profile {card} --json" in preflight and "run-verified" in preflight
+        assert "CONTAINER_RUNTIME=microk8s" in commands[f"gpu-host-{node}-runtime"].inputs["create"]
+        assert "CONTAINER_RUNTIME=microk8s" in commands[f"gpu-host-{node}-verify"].inputs["create"]
+        verify = commands[f"gpu-host-{node}-verify"].urn
+        operator = two_cards.named("kubernetes:helm.sh/v3:Release", "nvidia-gpu-operator")
+        assert verify in operator.options["dependsOn"], "the cluster pieces wait for every node"
+    copies = {r.name for r in two_cards.by_type("command:remote:CopyToRemote")}
+    assert {"runners-a2-node-preflight", "runners-h100-node-preflight"} <= copies
+
+
+def test_each_service_is_placed_only_on_its_cards_nodes_and_checked_there(two_cards: Plan) -> None:
+    vision = pod(manifest_of(two_cards, DEPLOYMENT, "vision"))
+    kokoro = pod(manifest_of(two_cards, DEPLOYMENT, "kokoro"))
+    terms = vision["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = terms["nodeSelectorTerms"]
+    assert term["matchExpressions"] == [
+        {
+            "key": "nvidia.com/gpu.product",
+            "operator": "In",
+            "values": ["NVIDIA-H100-PCIe-SHARED", "NVIDIA-H100-80GB-HBM3-SHARED"],
+        }
+    ]
+    assert kokoro["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-A2-SHARED"}
+    checks = {r.name for r in two_cards.by_type("kubernetes:batch/v1:Job") if r.name.startswith("gpu-check")}
+    assert checks == {"gpu-check-a2-job", "gpu-check-h100-job"}
+    h100_check = two_cards.named("kubernetes:batch/v1:Job", "gpu-check-h100-job")
+    assert two_cards.named(DEPLOYMENT, "vision").urn != h100_check.urn
+    assert (
+        h100_check.urn in two_cards.named("gpu-deploy:kubernetes:GpuWorkload", "vision").options["dependsOn"]
+    )
+
+
+def test_the_two_card_cluster_renders_valid_manifests_and_passes_the_policy(
+    two_cards: Plan, tmp_path: Path
+) -> None:
+    for _, manifest in objects(two_cards):
+        kubernetes_validate.validate(manifest, k8s_version(), strict=True)
+    config = copy.deepcopy(stack_config(STACK))
+    two_card_cluster(config)
+    context = StackContext.from_config(
+        {k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()}, stack=STACK
+    )
+    problems = [
+        m for r in two_cards.resources for m in check_resource(r.type, r.inputs, context, name=r.name)
+    ]
+    assert problems == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "key", "fragment"),
+    [
+        (lambda c: services(c)["kokoro"].update(profile="p40"), "services.kokoro.profile", "no GPU node"),
+        (
+            lambda c: c[f"{NAMESPACE}:provision"].update(runtime="docker"),
+            "provision.runtime",
+            "Kubernetes nodes run containerd: set microk8s",
+        ),
+        (
+            lambda c: c[f"{NAMESPACE}:nodes"]["a2-node"].update(hostKey=""),
+            "nodes.a2-node.hostKey",
+            "expected",
+        ),
+    ],
+)
+def test_nodes_and_cards_that_cannot_work_are_config_errors(
+    edit: Callable[[dict[str, Any]], None], key: str, fragment: str
+) -> None:
+    config = copy.deepcopy(stack_config(STACK))
+    two_card_cluster(config)
+    edit(config)
+    raw = {k.removeprefix(f"{NAMESPACE}:"): v for k, v in config.items() if k.startswith(f"{NAMESPACE}:")}
+    with pytest.raises(ConfigError) as error:
+        validate(raw)
+    assert str(error.value).startswith(f"gpu-deploy:{key}: ") and fragment in str(error.value), str(
+        error.value
+    )
