@@ -25,7 +25,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.k8s_cluster import PRODUCT_LABEL, RUNTIME_CLASS
+from components.k8s_cluster import RUNTIME_CLASS
+from components.k8s_workload import product_affinity
 from components.options import child_options
 
 RUN_AS = 65534  # nobody: nvidia-smi needs no privileges
@@ -79,21 +80,6 @@ class GpuCheck(pulumi.ComponentResource):
                 run_as_non_root=True,
             ),
         )
-        affinity = k8s.core.v1.AffinityArgs(
-            node_affinity=k8s.core.v1.NodeAffinityArgs(
-                required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
-                    node_selector_terms=[
-                        k8s.core.v1.NodeSelectorTermArgs(
-                            match_expressions=[
-                                k8s.core.v1.NodeSelectorRequirementArgs(
-                                    key=PRODUCT_LABEL, operator="In", values=list(args.products)
-                                )
-                            ]
-                        )
-                    ]
-                )
-            )
-        )
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
             metadata=k8s.meta.v1.ObjectMetaArgs(
@@ -111,7 +97,7 @@ class GpuCheck(pulumi.ComponentResource):
                         restart_policy="Never",
                         runtime_class_name=RUNTIME_CLASS,
                         automount_service_account_token=False,
-                        affinity=affinity,
+                        affinity=product_affinity(args.products),
                         tolerations=[
                             k8s.core.v1.TolerationArgs(
                                 key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"

@@ -205,7 +205,8 @@ def _probe(spec: ProbeSpec, default_port: int | None, failure_threshold: int) ->
     )
 
 
-def _node_affinity(products: Sequence[str]) -> k8s.core.v1.AffinityArgs:
+def product_affinity(products: Sequence[str]) -> k8s.core.v1.AffinityArgs:
+    """Required node affinity: a node whose nvidia.com/gpu.product is one of `products`."""
     return k8s.core.v1.AffinityArgs(
         node_affinity=k8s.core.v1.NodeAffinityArgs(
             required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
@@ -444,7 +445,7 @@ class GpuWorkload(pulumi.ComponentResource):
             containers=[container],
             runtime_class_name=RUNTIME_CLASS if wants_gpu else None,
             node_selector=selector or None,
-            affinity=_node_affinity(products) if len(products) > 1 else None,
+            affinity=product_affinity(products) if len(products) > 1 else None,
             tolerations=[k8s.core.v1.TolerationArgs(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
             if wants_gpu or products
             else None,
