@@ -19,12 +19,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stacks import load
 from stacks.config import ConfigError
 from stacks.diff import DiffConfigError, diff_plans, empty_plan, plan_at, render_text
 from stacks.plan import PROJECT_DIR, Plan, PlanError, PlannedResource, execute, list_stacks, prepare
+from stacks.stackfile import read_stack
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -122,7 +121,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _stack_summary(path: Path) -> dict[str, Any]:
-    doc = yaml.safe_load(path.read_text()) or {}
+    doc = read_stack(path) or {}
     config = doc.get("config") or {}
     target = config.get("gpu-deploy:target") or {}
     host = target.get("host", "local") if target.get("kind") == "docker" else target.get("context", "")
