@@ -26,6 +26,10 @@ import pulumi_docker as docker
 from components.options import child_options
 
 HASH_LENGTH = 12
+# What a release tag may read: Docker would send it all, but a context this large is a mistake (a data
+# directory, `/`); the hash streams each file, so memory stays small either way.
+MAX_CONTEXT_FILES = 200_000
+MAX_CONTEXT_BYTES = 64 << 30
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,13 @@ def context_files(context: Path, dockerfile: str = "Dockerfile") -> list[str]:
     from docker.utils.build import exclude_paths  # noqa: PLC0415 - only stacks that build pay its import
 
     patterns = [*dockerignore_patterns(context), "!.dockerignore"]
-    return sorted(exclude_paths(str(context), patterns, dockerfile=dockerfile))
+    found = exclude_paths(str(context), patterns, dockerfile=dockerfile)
+    if len(found) > MAX_CONTEXT_FILES:
+        raise ValueError(
+            f"build context {context} sends {len(found)} paths (at most {MAX_CONTEXT_FILES}): "
+            "list what the image does not need in its .dockerignore"
+        )
+    return sorted(found)
 
 
 def _feed_file(digest: Any, path: Path) -> None:
@@ -71,6 +81,7 @@ def context_digest(context: Path, dockerfile: str = "Dockerfile") -> str | None:
     if not context.is_dir():
         return None
     digest = hashlib.sha256()
+    total = 0
     for relative in context_files(context, dockerfile):
         path = context / relative
         info = path.lstat()
@@ -85,6 +96,12 @@ def context_digest(context: Path, dockerfile: str = "Dockerfile") -> str | None:
         executable = "x" if info.st_mode & stat.S_IXUSR else "-"
         digest.update(f"{kind}\0{executable}\0{relative}\0".encode() + payload)
         if kind == "file":
+            total += info.st_size
+            if total > MAX_CONTEXT_BYTES:
+                raise ValueError(
+                    f"build context {context} holds more than {MAX_CONTEXT_BYTES >> 30} GiB: "
+                    "list what the image does not need (models, data) in its .dockerignore"
+                )
             _feed_file(digest, path)
         digest.update(b"\0")
     return digest.hexdigest()

@@ -1,8 +1,9 @@
 """HostDirectories: the host directories behind bind mounts, owned by the user the container runs as.
 
 Creates one command (over SSH, or local for `host: local`) that runs `prepare-dirs.sh`: it makes the
-directories with owner uid:gid and mode 0750 — never world-writable — and has no delete step, so
-destroying or replacing a container never deletes host data.
+directories, all under the stack's root, with owner uid:gid and mode 0750 — never world-writable — without
+following a symlink on the way, and has no delete step, so destroying or replacing a container never
+deletes host data.
 """
 
 from __future__ import annotations
@@ -24,11 +25,12 @@ class HostDirectories(pulumi.ComponentResource):
         *,
         paths: Sequence[str],
         owner: UserSpec,
+        root: str,
         connection: command.remote.ConnectionArgs | None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpu-deploy:host:HostDirectories", name, None, opts)
-        env = {"DIRS": "\n".join(sorted(set(paths))), "OWNER": str(owner), "MODE": "0750"}
+        env = {"ROOT": root, "DIRS": "\n".join(sorted(set(paths))), "OWNER": str(owner), "MODE": "0750"}
         create = host_scripts.command_line(env)
         script = host_scripts.script("prepare-dirs")
         child = child_options(self, opts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,18 +75,32 @@ class UserSpec:
 SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 - a placeholder, not a secret
 UNKNOWN_PLACEHOLDER = "[unknown]"
 
-# Whole segments of the name (split on anything but letters and digits): HF_TOKEN, DB_PASSWORD and
-# x-api-key are credentials, TOKENIZERS_PARALLELISM and HOST_KEY are not.
-_SECRET_NAME = re.compile(
-    r"(?:^|[^a-z0-9])(passwords?|passwd|secrets?|tokens?|api[^a-z0-9]?keys?|private[^a-z0-9]?keys?|credentials?)"
-    r"(?:$|[^a-z0-9])",
-    re.IGNORECASE,
+# A name reads like a credential when one of its segments (split on anything but letters and digits)
+# is or ends in a credential word (DB_PASSWORD, AUTHTOKEN, x-api-key's `key` after `api`), or two
+# segments name one (JWT_SIGNING_KEY, PRIVATE_KEY). TOKENIZERS_PARALLELISM and HOST_KEY are not.
+_CREDENTIAL_SEGMENT = re.compile(
+    r"(password|passwd|passphrase|secret|token|credential|apikey|privatekey|signingkey|accesskey)s?$"
+    r"|^(pass|pwd|pw|auth)$"
 )
+_CREDENTIAL_PAIRS = {
+    ("api", "key"), ("private", "key"), ("signing", "key"), ("access", "key"),
+    ("secret", "key"), ("client", "secret"), ("auth", "key"), ("session", "key"),
+}  # fmt: skip
+# user:password@ in a URL: the password is in the value, whatever the name says
+_URL_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^/@\s:]*:[^/@\s]+@", re.IGNORECASE)
 
 
 def looks_secret(name: str) -> bool:
     """An env, build-arg or header name that reads like a credential."""
-    return bool(_SECRET_NAME.search(name))
+    segments = [s for s in re.split(r"[^a-z0-9]+", name.lower()) if s]
+    if any(_CREDENTIAL_SEGMENT.search(segment) for segment in segments):
+        return True
+    return any((a, b.rstrip("s")) in _CREDENTIAL_PAIRS for a, b in itertools.pairwise(segments))
+
+
+def holds_password(value: str) -> bool:
+    """A value with a password in it: a URL's `user:password@`."""
+    return bool(_URL_PASSWORD.search(value))
 
 
 _FLOATING_TAG = re.compile(r"^(latest|stable|main|master|nightly|edge)(-.*)?$|.*-latest$")
@@ -218,3 +233,44 @@ def place_gpu_counts(counts: Mapping[str, int], devices: Sequence[str]) -> dict[
         placed[name] = tuple(devices[(cursor + i) % len(devices)] for i in range(count))
         cursor = (cursor + count) % len(devices)
     return placed
+
+
+# ---------------------------------------------------------------- host paths a stack may touch
+# System locations: never a root, never a bind source, nothing under them is ever created or re-owned.
+SYSTEM_DIRS = (
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/root", "/run", "/sbin",
+    "/sys", "/tmp", "/usr", "/var/run", "/var/tmp",  # noqa: S108 - places refused, not used
+    "/var/lib/docker", "/var/lib/containerd",
+    "/var/lib/kubelet", "/var/snap", "/snap", "/var/lib/dpkg", "/var/lib/rpm", "/var/log",
+)  # fmt: skip
+# Directories that hold other things: a root or source may sit below them, never be them.
+SHARED_DIRS = ("/", "/home", "/srv", "/opt", "/mnt", "/media", "/data", "/var", "/var/lib", "/usr/local")
+SECRET_NAMES = (".ssh", ".gnupg", ".docker", ".kube", ".aws", ".config", "docker.sock", "containerd.sock")
+
+
+def _normal(path: str) -> PurePosixPath:
+    return PurePosixPath("/" + "/".join(p for p in path.split("/") if p not in ("", ".")))
+
+
+def host_path_problem(path: str) -> str | None:
+    """Why a host directory may not be a stack's root or bind source, or None. Paths are absolute, without
+    '..' (the parsers refuse those); `/.`, `//` and trailing slashes count as what they name."""
+    if any(c in path for c in "\0\n\r"):
+        return "a path is one line without NUL"
+    normal = _normal(path)
+    text = str(normal)
+    for system in SYSTEM_DIRS:
+        if text == system or text.startswith(system + "/"):
+            return f"{text} is a system location ({system})"
+    if text in SHARED_DIRS:
+        return f"{text} holds more than this stack: use a directory of its own below it"
+    hidden = [part for part in normal.parts if part in SECRET_NAMES]
+    if hidden:
+        return f"{text} is (or is inside) {hidden[0]}, which holds credentials"
+    return None
+
+
+def is_under(path: str, root: str) -> bool:
+    """Whether `path` is `root` or inside it, as path components (so /srv/app2 is not under /srv/app)."""
+    inner, outer = _normal(path), _normal(root)
+    return inner == outer or outer in inner.parents

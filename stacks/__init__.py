@@ -14,6 +14,7 @@ from stacks.config import (
     ResolvedStack,
     read_pulumi_config,
     resolve_profile,
+    secure_paths,
     validate_with_secrets,
 )
 
@@ -45,7 +46,7 @@ def detect_local_profile() -> str:
 def load() -> ResolvedStack:
     """Read, validate and resolve this stack's config; raises ConfigError before any resource exists."""
     raw, secret_keys = read_pulumi_config()
-    config = validate_with_secrets(raw, secret_keys)
+    config = validate_with_secrets(raw, secret_keys, secure_paths(pulumi.get_stack()))
     detected = None
     if config.profile == "auto" and config.target.is_local:
         detected = detect_local_profile()

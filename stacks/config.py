@@ -7,13 +7,15 @@ Validation finishes before any resource is registered.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
+import os
 import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from types import UnionType
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union, get_args, get_origin
 
@@ -39,6 +41,8 @@ from components.specs import (
     VolumeMount,
     check_image_pinned,
     floating_tag,
+    holds_password,
+    host_path_problem,
     looks_secret,
     parse_host_key,
 )
@@ -76,22 +80,27 @@ def _quote(value: Any) -> str:
 
 
 # ---------------------------------------------------------------- value parsers
-_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt])i?b?$", re.IGNORECASE)
+MAX_SIZE_MIB = 16 * 1024 * 1024  # 16 TiB
 _SIZE_FACTORS_MIB = {"b": 1 / 2**20, "k": 1 / 1024, "m": 1, "g": 1024, "t": 1024 * 1024}
 
 
 def parse_size_mib(value: Any) -> int:
-    """Docker-style sizes: '4g', '512m', '2GiB'; a bare number is MiB."""
+    """Docker-style sizes with a unit: '4g', '512m', '2GiB' (a bare number is refused: 24 is not 24g)."""
     if isinstance(value, bool):
         raise ValueError(f'expected a size such as "4g" or "512m", got {_quote(value)}')
-    text = str(value).strip()
+    text = str(value).strip() if isinstance(value, (str, int, float)) else ""
     match = _SIZE.match(text)
     if not match:
+        if re.fullmatch(r"\d+(\.\d+)?", text):
+            raise ValueError(f'a size needs a unit: "{text}m" or "{text}g"? got {_quote(value)}')
         raise ValueError(f'expected a size such as "4g" or "512m", got {_quote(value)}')
     number, unit = float(match.group(1)), (match.group(2) or "m").lower()
     if not math.isfinite(number * _SIZE_FACTORS_MIB[unit]):
         raise ValueError(f"too large, got {_quote(value)}")
     mib = int(number * _SIZE_FACTORS_MIB[unit])
+    if mib > MAX_SIZE_MIB:
+        raise ValueError(f"at most 16t, got {_quote(value)}")
     if mib < 4:
         raise ValueError(f"expected at least 4m, got {_quote(value)}")
     return mib
@@ -102,16 +111,23 @@ _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 def parse_duration_s(value: Any) -> int:
     """'30s', '1m', '1m30s', '2h' or a number of seconds."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DURATION_S:
         return value
-    text = str(value).strip()
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
     match = _DURATION.match(text)
     if not text or not match:
         raise ValueError(f'expected a duration such as "30s", "1m" or "1m30s", got {_quote(value)}')
     hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    total = hours * 3600 + minutes * 60 + seconds
+    if total > MAX_DURATION_S:
+        raise ValueError(f"at most 7 days (168h), got {_quote(value)}")
+    return total
 
 
+MAX_DURATION_S = 7 * 24 * 3600
+
+
+MAX_GPUS = 64
 _DEVICE_ID = re.compile(r"^(\d+|\d+:\d+|GPU-[0-9a-fA-F-]{8,}|MIG-[0-9a-zA-Z/-]{8,})\Z")
 
 
@@ -126,9 +142,11 @@ def parse_gpu(value: Any) -> GpuRequest:
     if isinstance(value, bool):
         raise ValueError(problem)
     if isinstance(value, int) or (isinstance(value, str) and value.isascii() and value.isdigit()):
-        count = int(value)
+        count = int(value) if len(str(value)) <= 6 else MAX_GPUS + 1  # no 5000-digit int() here
         if count < 1:
             raise ValueError(problem)
+        if count > MAX_GPUS:
+            raise ValueError(f"at most {MAX_GPUS} GPUs, got {_quote(value)}")
         return GpuRequest("count", count=count)
     if isinstance(value, list) and value:
         ids = tuple(str(v) for v in value if not isinstance(v, bool))
@@ -159,7 +177,13 @@ def parse_port(value: Any) -> PortMapping:
     if not (1 <= host <= 65535 and 1 <= ctr <= 65535):
         raise ValueError(f"ports are 1-65535, got {_quote(value)}")
     proto: Literal["tcp", "udp"] = "udp" if match.group("proto") == "udp" else "tcp"
-    return PortMapping(ctr, host, (match.group("ip") or "").strip("[]"), proto)
+    address = (match.group("ip") or "").strip("[]")
+    if address:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ValueError(f"{address!r} is not an IP address, in {_quote(value)}") from None
+    return PortMapping(ctr, host, address, proto)
 
 
 def parse_volume(value: Any) -> VolumeMount:
@@ -179,7 +203,14 @@ def parse_volume(value: Any) -> VolumeMount:
             raise ValueError(f"'..' is not allowed in a volume path, got {_quote(value)}")
     if host.rstrip("/") == "":
         raise ValueError("the host's / cannot be mounted")
+    if host.startswith("/"):
+        problem = host_path_problem(host)
+        if problem:
+            raise ValueError(f"{problem}; mount a directory of the stack's own (under target.root)")
     return VolumeMount(host.rstrip("/") or host, container, mode == "ro")
+
+
+MAX_ID = 2**31 - 1  # Docker and Kubernetes take a signed 32-bit id
 
 
 def parse_user(value: Any) -> UserSpec:
@@ -190,8 +221,12 @@ def parse_user(value: Any) -> UserSpec:
             f'expected a numeric "uid:gid" such as "1001:1001" (host directories are owned by it), '
             f"got {_quote(value)}"
         )
+    if any(len(g) > 10 for g in match.groups() if g):
+        raise ValueError(f"uid and gid are at most {MAX_ID}, got {_quote(value)}")
     uid = int(match.group(1))
     gid = int(match.group(2)) if match.group(2) else uid
+    if uid > MAX_ID or gid > MAX_ID:
+        raise ValueError(f"uid and gid are at most {MAX_ID}, got {_quote(value)}")
     if uid == 0 or gid == 0:
         raise ValueError(f"containers run as a non-root user; got {_quote(value)}")
     return UserSpec(uid, gid)
@@ -231,9 +266,90 @@ def parse_root(value: Any) -> str:
     root = str(value)
     if not root.startswith("/") or root.rstrip("/") == "" or ".." in root.split("/"):
         raise ValueError(f"expected an absolute directory other than /, got {_quote(value)}")
-    return root.rstrip("/")
+    problem = host_path_problem(root)
+    if problem:
+        raise ValueError(f"{problem}; the stack creates and re-owns directories under its root")
+    return str(PurePosixPath(root))
 
 
+def parse_host(value: Any) -> str:
+    """A host name or an IP address, as ssh takes it: no user@, no spaces, no leading '-' (an option)."""
+    text = str(value) if isinstance(value, str) else ""
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if not _HOST_NAME.fullmatch(text):
+        raise ValueError(
+            f"expected a host name (gpu1.example.net) or an IP address, got {_quote(value)}"
+            + ("; the user goes in `user`" if "@" in text else "")
+        )
+    return text
+
+
+def parse_login(value: Any) -> str:
+    """A login name: letters, digits, '.', '_' and '-', not starting with '-' (ssh would read an option)."""
+    text = str(value) if isinstance(value, str) else ""
+    if not _LOGIN.fullmatch(text):
+        raise ValueError(f"expected a login name such as deploy, got {_quote(value)}")
+    return text
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+_LOGIN = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,31}")
+
+
+def parse_context(value: Any) -> str:
+    """A build context inside this project or a sibling checkout (`../app`, `../app/sub`): the plan reads
+    and hashes all of it, so `/etc`, `~` or the directory above every checkout are refused. Lexical only."""
+    text = str(value) if isinstance(value, str) else ""
+    normal = os.path.normpath(text) if text else ""
+    parts = PurePosixPath(normal).parts
+    if (
+        not text
+        or any(c in text for c in "\0\n\r")
+        or text.startswith(("/", "~"))
+        or (parts[:1] == ("..",) and (len(parts) < 2 or parts[1] == ".."))
+    ):
+        raise ValueError(
+            f"expected a directory inside this project or a sibling checkout (../app), got {_quote(value)}"
+        )
+    return text
+
+
+def parse_dockerfile(value: Any) -> str:
+    """A Dockerfile path inside its context: relative, no '..'."""
+    text = str(value) if isinstance(value, str) else ""
+    if (
+        not text
+        or text.startswith("/")
+        or ".." in PurePosixPath(text).parts
+        or any(c in text for c in "\0\n\r")
+    ):
+        raise ValueError(f"expected a Dockerfile path inside the context, got {_quote(value)}")
+    return text
+
+
+ContextField = Annotated[str, BeforeValidator(parse_context)]
+DockerfileField = Annotated[str, BeforeValidator(parse_dockerfile)]
+HostField = Annotated[str, BeforeValidator(parse_host)]
+LoginField = Annotated[str, BeforeValidator(parse_login)]
+
+
+def parse_env_name(value: Any) -> str:
+    text = str(value) if isinstance(value, str) else ""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", text):
+        raise ValueError(
+            f"an environment variable name is letters, digits and '_', not starting with a digit; "
+            f"got {_quote(value)}"
+        )
+    return text
+
+
+EnvName = Annotated[str, BeforeValidator(parse_env_name)]
 GpuField = Annotated[GpuRequest, BeforeValidator(parse_gpu)]
 RootDir = Annotated[str, BeforeValidator(parse_root)]
 PortField = Annotated[PortMapping, BeforeValidator(parse_port)]
@@ -283,8 +399,8 @@ class RegistryConfig(Model):
 
 class ImageConfig(Model):
     repository: Annotated[str, Field(pattern=r"^[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::\d+)?(?:/[a-z0-9._-]+)*$")]
-    context: str = "."
-    dockerfile: str = "Dockerfile"
+    context: ContextField = "."
+    dockerfile: DockerfileField = "Dockerfile"
     target: str | None = None
     build_args: dict[str, EnvValue] = Field(default_factory=dict)
     tag: Annotated[str, Field(pattern=r"^$|^[\w][\w.-]{0,127}$")] = ""
@@ -294,8 +410,8 @@ class ImageConfig(Model):
     @field_validator("build_args")
     @classmethod
     def _no_secret_build_args(cls, args: dict[str, str]) -> dict[str, str]:
-        for key in args:
-            if looks_secret(key):
+        for key, value in args.items():
+            if looks_secret(key) or holds_password(value):
                 raise _KeyedError(
                     key,
                     "build args are stored in the image history; pass secrets at run time "
@@ -313,8 +429,8 @@ HostKeyField = Annotated[str, AfterValidator(_pinned_host_key)]
 
 
 class Bastion(Model):
-    host: str
-    user: str = "root"
+    host: HostField
+    user: LoginField = "root"
     port: int = Field(default=22, ge=1, le=65535)
     host_key: HostKeyField
 
@@ -322,8 +438,8 @@ class Bastion(Model):
 class GpuNode(Model):
     """A Kubernetes GPU node the stack provisions and checks over SSH, as a Docker host's GPU steps."""
 
-    host: Annotated[str, Field(min_length=1)]
-    user: str = "root"
+    host: HostField
+    user: LoginField = "root"
     port: int = Field(default=22, ge=1, le=65535)
     host_key: HostKeyField  # pinned, required: ssh-keyscan -t ed25519 HOST
     ssh_key: str | None = None  # private key (a Pulumi secret); the agent is used without it
@@ -333,8 +449,8 @@ class GpuNode(Model):
 
 class DockerTarget(Model):
     kind: Literal["docker"]
-    host: Annotated[str, Field(min_length=1)] = "local"
-    user: str = "root"
+    host: HostField = "local"  # `local`: this machine's engine
+    user: LoginField = "root"
     port: int = Field(default=22, ge=1, le=65535)
     host_key: HostKeyField | None = None  # pinned SSH host key: "ssh-ed25519 AAAA..."
     ssh_key: str | None = None  # private key (a Pulumi secret); the agent is used without it
@@ -450,7 +566,7 @@ class Healthcheck(Model):
     command: list[str] | str | None = None
     interval: DurationField = 30
     timeout: DurationField = 10
-    retries: int = Field(default=3, ge=1)
+    retries: int = Field(default=3, ge=1, le=1000)
     start_period: DurationField = 0
 
     @model_validator(mode="after")
@@ -483,8 +599,8 @@ DependencyCondition = Literal["started", "healthy", "completed"]
 class BuildOverride(Model):
     """A service's own build, compose-style; each key defaults to the stack's image section."""
 
-    context: str | None = None
-    dockerfile: str | None = None
+    context: ContextField | None = None
+    dockerfile: DockerfileField | None = None
     target: str | None = None
 
 
@@ -494,8 +610,8 @@ class Service(Model):
     command: list[str] | str | None = None
     gpu: GpuField = GpuRequest("none")
     ports: list[PortField] = Field(default_factory=list)
-    env: dict[str, EnvValue] = Field(default_factory=dict)
-    secret_env: dict[str, EnvValue] = Field(default_factory=dict)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    secret_env: dict[EnvName, EnvValue] = Field(default_factory=dict)
     volumes: list[VolumeField] = Field(default_factory=list)
     user: UserField = UserSpec(1001, 1001)
     memory: SizeField | None = None
@@ -506,11 +622,11 @@ class Service(Model):
     enabled: bool = True
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
     # Kubernetes only (KUBERNETES_SERVICE_KEYS; refused on a Docker target):
-    replicas: int = Field(default=1, ge=0)  # pods of the service
+    replicas: int = Field(default=1, ge=0, le=1000)  # pods of the service
     cpu: Annotated[str, Field(pattern=r"^(\d+(\.\d+)?|\d+m)$")] | None = None  # CPU request: "2", "500m"
     cpu_fallback: bool = False  # declare a CPU Deployment `<name>-cpu` beside the GPU one
     cpu_image: ImageRefField | None = None  # the fallback's image (a CPU build); None: the same image
-    cpu_env: dict[str, EnvValue] = Field(default_factory=dict)  # the fallback's env overrides
+    cpu_env: dict[EnvName, EnvValue] = Field(default_factory=dict)  # the fallback's env overrides
     run_on: Literal["gpu", "cpu"] = "gpu"  # cpu: the fallback runs, the GPU Deployment scales to 0
     mig_profile: Annotated[str, Field(pattern=r"^\d+g\.\d+gb$")] | None = None  # gpu counts MIG instances
     # kubernetes, several card types: the card this service runs on (placed only on nodes with it)
@@ -545,6 +661,11 @@ class Service(Model):
         for key, value in env.items():
             if looks_secret(key) and value:
                 raise _KeyedError(key, "looks like a credential; move it to secretEnv (stored encrypted)")
+            if holds_password(value):
+                raise _KeyedError(
+                    key,
+                    "holds a URL with a password (user:password@); move it to secretEnv (stored encrypted)",
+                )
         return env
 
     @property
@@ -581,6 +702,8 @@ class StackConfig(Model):
     @model_validator(mode="after")
     def _cross_checks(self) -> StackConfig:
         _check_target_kind(self)  # first: a kubernetes stack explains "build" and volumes its own way
+        if isinstance(self.target, DockerTarget):
+            _check_ports(self)
         enabled = {n for n, s in self.services.items() if s.enabled}
         for name, svc in self.services.items():
             key = f"services.{name}"
@@ -684,6 +807,43 @@ _CLAIM_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 def _alias(model: type[BaseModel], field: str) -> str:
     return model.model_fields[field].alias or field
+
+
+def _wildcard(address: str) -> bool:
+    return address in ("", "0.0.0.0", "::")  # noqa: S104 - bind addresses compared, not bound
+
+
+def _check_ports(config: StackConfig) -> None:
+    """A host port is published once per address and protocol (0.0.0.0 and :: take every address); an
+    HTTP health check or smoke test needs its port over TCP."""
+    seen: list[tuple[str, int, str, str]] = []  # (protocol, host port, address, key) published so far
+    for name, svc in config.services.items():
+        key = f"services.{name}.ports"
+        if not svc.enabled:
+            continue
+        for port in svc.ports:
+            for proto, number, address, other in seen:
+                same = proto == port.protocol and number == port.host_port
+                if same and (address == port.host_ip or _wildcard(address) or _wildcard(port.host_ip)):
+                    where = port.host_ip or "every address"
+                    raise _KeyedError(
+                        key,
+                        f"host port {port.host_port}/{port.protocol} on {where}: {other} has it already",
+                    )
+            seen.append((port.protocol, port.host_port, port.host_ip, key))
+        tcp = {p.container_port for p in svc.ports if p.protocol == "tcp"}
+        check = svc.healthcheck.http if svc.healthcheck else None
+        if (
+            check is not None
+            and check.port not in tcp
+            and check.port in {p.container_port for p in svc.ports}
+        ):
+            raise _KeyedError(
+                f"services.{name}.healthcheck.http.port",
+                f"port {check.port} is published over UDP only; HTTP needs TCP",
+            )
+        if any("http" in c for c in svc.smoke) and svc.ports and not tcp:
+            raise _KeyedError(f"services.{name}.smoke", "HTTP smoke checks need a port published over TCP")
 
 
 def _check_target_kind(config: StackConfig) -> None:
@@ -983,6 +1143,27 @@ class ResolvedStack:
         return order
 
 
+def _check_cuda_for_some_card(cuda: CudaOverrides) -> None:
+    """`auto` on an SSH host: the card is known only at deploy time, but a CUDA choice no card can run
+    (an unknown release, a wheel index or driver that does not exist) is refused now, naming the key."""
+    problems: list[tuple[str, str]] = []
+    for card in (p for p in PROFILES.values() if p.is_gpu):
+        try:
+            chosen = card.with_overrides(
+                cuda_version=cuda.version, wheel_flavour=cuda.wheel_index, torch_version=cuda.torch_version
+            )
+            if cuda.driver is not None:
+                chosen.check_driver(cuda.driver)
+            return
+        except ValueError as err:
+            field = "cuda.wheelIndex" if cuda.wheel_index and "wheel" in str(err) else "cuda.version"
+            if cuda.driver is not None and "driver" in str(err).lower() and "cuda" not in field.lower():
+                field = "cuda.driver"
+            problems.append((field, str(err)))
+    field, problem = problems[0]
+    raise ConfigError(field, f"no supported card can use this: {problem}")
+
+
 def resolve_profile(config: StackConfig, detected: str | None) -> tuple[GpuProfile | None, list[str]]:
     """The stack's profile with its CUDA overrides applied and checked against the card.
 
@@ -992,6 +1173,7 @@ def resolve_profile(config: StackConfig, detected: str | None) -> tuple[GpuProfi
     key: str = config.profile
     if key == "auto":
         if detected is None:
+            _check_cuda_for_some_card(config.cuda)
             return None, warnings
         key = detected
         if key == "cpu":
@@ -1037,9 +1219,46 @@ def validate(raw: Mapping[str, Any]) -> StackConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError("(root)", f"expected a mapping of gpu-deploy keys, got {_quote(raw)}")
     try:
-        return StackConfig.model_validate(dict(raw))
+        config = StackConfig.model_validate(dict(raw))
     except ValidationError as err:
         raise _to_config_error(err, raw) from None
+    _check_lines(raw, "")  # after the fields' own checks, which say more where they apply
+    return config
+
+
+# Where a value may span lines: key material, an inline kubeconfig, secret values (a PEM certificate) and
+# smoke-test bodies. Everywhere else a line break (or NUL, anywhere) in a key or value is refused: it would
+# split a command line, a known_hosts entry, an env file or a log line.
+_MULTILINE = (
+    re.compile(r"target\.(sshKey|kubeconfig)"),
+    re.compile(r"nodes\.[^.]+\.sshKey"),
+    re.compile(r"services\.[^.]+\.secretEnv\.[^.]+"),
+    re.compile(r"services\.[^.]+\.smoke(\..*)?"),
+    re.compile(r"image\.registry\.password"),
+)
+
+
+def _check_lines(value: Any, key: str) -> None:
+    """One line without NUL for every key, and every value outside _MULTILINE; NUL nowhere."""
+    if isinstance(value, Mapping):
+        for child, inner in value.items():
+            name = str(child)
+            path = f"{key}.{name}" if key else name
+            if any(c in name for c in "\0\n\r"):
+                raise ConfigError(path, "a key is one line without NUL")
+            _check_lines(inner, path)
+    elif isinstance(value, list):
+        for inner in value:
+            _check_lines(inner, key)  # a list's items are named by the list's key, as elsewhere
+    elif isinstance(value, str):
+        if "\0" in value:
+            raise ConfigError(key, "a value may not hold a NUL character")
+        if ("\n" in value or "\r" in value) and not any(
+            p.fullmatch(re.sub(r"\[\d+\]", "", key)) for p in _MULTILINE
+        ):
+            raise ConfigError(
+                key, "a value here is one line: it would split a command, a file entry or a log line"
+            )
 
 
 def _to_config_error(err: ValidationError, raw: Mapping[str, Any]) -> ConfigError:
@@ -1170,17 +1389,120 @@ def read_pulumi_config() -> tuple[dict[str, Any], frozenset[str]]:
     return raw, frozenset(secret)
 
 
-def validate_with_secrets(raw: Mapping[str, Any], secret_keys: frozenset[str]) -> StackConfig:
-    """Validate, then treat every env value under a secret `services` key as a secret.
+STACK_FILE_VARIABLE = "GPU_DEPLOY_STACK_FILE"  # set by the offline tools: the stack file they read
 
-    The CLI marks a whole top-level key secret when any value inside it is `secure:`, so the
-    program cannot tell which env value it was: it keeps all of them secret rather than leak one.
-    """
-    config = validate(raw)
+
+def _secure_leaves(value: Any, key: str) -> list[str]:
+    if isinstance(value, Mapping):
+        if set(value) == {"secure"}:
+            return [key]
+        return [p for k, v in value.items() for p in _secure_leaves(v, f"{key}.{k}" if key else str(k))]
+    if isinstance(value, list):
+        return [p for v in value for p in _secure_leaves(v, key)]
+    return []
+
+
+def secure_paths(stack: str) -> frozenset[str] | None:
+    """Where the stack file has `secure:` values, as config keys (`services.app.secretEnv.JWT_SECRET`).
+
+    The CLI hands the program a whole top-level key as secret when one value inside it is `secure:`; the
+    stack file says which value it was, so only that one is kept secret (the rest of `services` stays
+    readable in plans and reviews). None when the file cannot be read: then every value under a secret
+    key is treated as secret."""
+    from stacks.stackfile import read_stack  # noqa: PLC0415 (stackfile imports this module)
+
+    path = Path(os.environ.get(STACK_FILE_VARIABLE) or f"Pulumi.{stack}.yaml")
+    try:
+        doc = read_stack(path) or {}
+    except (OSError, ConfigError):
+        return None
+    config = doc.get("config") if isinstance(doc, Mapping) else None
+    if not isinstance(config, Mapping):
+        return None
+    found: list[str] = []
+    for full_key, value in config.items():
+        namespace, _, key = str(full_key).partition(":")
+        if namespace == NAMESPACE and key:
+            found += _secure_leaves(value, key)
+    return frozenset(found)
+
+
+# Where a secret may stand: each is kept a Pulumi secret all the way to where it is used (an env value
+# becomes secretEnv). Anywhere else it would land in clear: in image history (build args), in a command
+# line `docker inspect` shows, in a ConfigMap (Kubernetes smoke checks), in a CPU fallback's plain env.
+_SECRET_PLACES = (
+    re.compile(r"target\.(sshKey|kubeconfig)"),
+    re.compile(r"nodes\.[^.]+\.sshKey"),
+    re.compile(r"image\.registry\.password"),
+    re.compile(r"services\.[^.]+\.(secretEnv|env)\.[^.]+"),
+)
+_SECRET_ELSEWHERE = {
+    "buildArgs": "build args are kept in the image history",
+    "command": "a command line is shown by docker inspect and ps",
+    "smoke": "smoke checks travel in clear (on Kubernetes in a ConfigMap)",
+    "cpuEnv": "the CPU fallback's env is plain; give it secretEnv",
+}
+
+
+def check_secure_places(paths: frozenset[str]) -> None:
+    """A `secure:` value only where it can stay secret; one line naming the key otherwise."""
+    for path in sorted(paths):
+        if any(p.fullmatch(path) for p in _SECRET_PLACES):
+            continue
+        why = next(
+            (v for k, v in _SECRET_ELSEWHERE.items() if f".{k}" in f".{path}"), "it would be used in clear"
+        )
+        raise ConfigError(
+            path,
+            f"a secure value cannot stay secret here ({why}): put the credential in "
+            "services.<name>.secretEnv and refer to it at run time",
+        )
+
+
+def validate_with_secrets(
+    raw: Mapping[str, Any], secret_keys: frozenset[str], secure: frozenset[str] | None = None
+) -> StackConfig:
+    """Validate, then keep every secure env value secret: move it to secretEnv.
+
+    With the stack file's `secure` paths, only the env values that were `secure:` move; without them (no
+    stack file to read) every env value under a secret `services` key does, rather than leak one."""
+    if secure is not None:
+        check_secure_places(secure)
+    try:
+        config = validate(raw)
+    except ConfigError as err:
+        raise _masked(err, raw, secret_keys, secure) from None
     if "services" not in secret_keys:
         return config
-    services = {
-        name: svc.model_copy(update={"env": {}, "secret_env": {**svc.env, **svc.secret_env}})
-        for name, svc in config.services.items()
-    }
+    services = {}
+    for name, svc in config.services.items():
+        moved = {k: v for k, v in svc.env.items() if secure is None or f"services.{name}.env.{k}" in secure}
+        plain = {k: v for k, v in svc.env.items() if k not in moved}
+        services[name] = svc.model_copy(update={"env": plain, "secret_env": {**moved, **svc.secret_env}})
     return config.model_copy(update={"services": services})
+
+
+def _masked(
+    err: ConfigError, raw: Mapping[str, Any], secret_keys: frozenset[str], secure: frozenset[str] | None
+) -> ConfigError:
+    """The error without any secret value in it (a message may quote the value it refuses)."""
+    key, _, message = str(err).removeprefix(f"{NAMESPACE}:").partition(": ")
+    secrets: list[str] = []
+
+    def collect(value: Any, key: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                collect(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(value, list):
+            for v in value:
+                collect(v, key)
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            top = key.split(".", 1)[0]
+            if (secure is not None and key in secure) or (secure is None and top in secret_keys):
+                secrets.append(str(value))
+
+    collect(raw, "")
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 3:
+            message = message.replace(json.dumps(secret), '"[secret]"').replace(secret, "[secret]")
+    return ConfigError(key, message)

@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -152,6 +153,7 @@ class Diff:
     stack: str
     changes: list[Change] = field(default_factory=list)
     unchanged: int = 0
+    data: list[str] = field(default_factory=list)  # where a change leaves data behind, said plainly
 
     def of(self, action: Action) -> list[Change]:
         return [c for c in self.changes if c.action == action]
@@ -165,6 +167,8 @@ class Diff:
         for action in ACTIONS:
             result[action] = [c.as_json() for c in self.of(action)]
         result["unchanged"] = self.unchanged
+        if self.data:
+            result["data"] = list(self.data)
         return result
 
     def summary(self) -> str:
@@ -334,16 +338,67 @@ def diff_plans(before: Mapping[str, Any], after: Mapping[str, Any], stack: str |
         if not moved:
             break
 
+    diff.data = data_notes(old, new, changes)
     order = {a: i for i, a in enumerate(ACTIONS)}
     diff.changes = sorted(changes.values(), key=lambda c: (order[c.action], c.type, c.name, c.urn))
     diff.unchanged = sum(1 for urn in both if urn not in changes)
     return diff
 
 
+_ROOT_VAR = re.compile(r"(?:^|\s)ROOT=(\S+)")
+CLAIM_TYPE = "kubernetes:core/v1:PersistentVolumeClaim"
+
+
+def data_notes(
+    old: Mapping[str, Mapping[str, Any]], new: Mapping[str, Mapping[str, Any]], changes: Mapping[str, Change]
+) -> list[str]:
+    """No deploy deletes data (host directories have no delete step, claims are retained), but some changes
+    move the services away from it: a new root or host, a new claim. Say so plainly."""
+    notes: list[str] = []
+
+    def roots(plan: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        found = set()
+        for resource in plan.values():
+            create = str((resource.get("inputs") or {}).get("create", ""))
+            if resource.get("type") == "command:remote:Command" and "DIRS=" in create:
+                found |= {shlex.split(m)[0] for m in _ROOT_VAR.findall(create)}
+        return found
+
+    def hosts(plan: Mapping[str, Mapping[str, Any]]) -> set[str]:
+        return {
+            str((r.get("inputs") or {}).get("host"))
+            for r in plan.values()
+            if r.get("type") == "pulumi:providers:docker"
+            and str((r.get("inputs") or {}).get("host", "")).startswith("ssh://")
+        }
+
+    for before in sorted(roots(old) - roots(new)):
+        notes.append(
+            f"the services no longer use {before}: its directories and their data stay there, untouched; "
+            f"the new ones ({', '.join(sorted(roots(new))) or 'none'}) start empty (copy the data first)"
+        )
+    for before in sorted(hosts(old) - hosts(new)):
+        notes.append(
+            f"the services move from {before}: the data there stays on that host, untouched; the new host's "
+            "directories start empty (copy the data first)"
+        )
+    for urn, change in sorted(changes.items()):
+        if change.type == CLAIM_TYPE and change.action in ("replace", "delete"):
+            name = str(((old[urn].get("inputs") or {}).get("metadata") or {}).get("name", change.name))
+            notes.append(
+                f"claim {name} is kept with its data (retainOnDelete)"
+                + ("; its replacement starts empty" if change.action == "replace" else "")
+            )
+    return notes
+
+
 def render_text(diff: Diff) -> str:
     """Markdown for a job summary: a heading, the changes in a fenced block, the counts."""
     lines = [c.line() for c in diff.changes] or ["no changes"]
-    return "\n".join([f"### {diff.stack}", "", "```", *lines, "```", "", diff.summary()])
+    data = [f"- data: {note}" for note in diff.data]
+    return "\n".join(
+        [f"### {diff.stack}", "", "```", *lines, "```", "", *data, *([""] if data else []), diff.summary()]
+    )
 
 
 # ---------------------------------------------------------------- plans from elsewhere

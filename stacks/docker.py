@@ -12,6 +12,7 @@ import shlex
 from pathlib import Path
 
 import pulumi
+import pulumi_command as command
 
 from components.cuda_image import BuildRecipe, CudaImage, RegistryLogin, release_tag
 from components.docker_host import DockerHost
@@ -21,7 +22,7 @@ from components.host_dirs import HostDirectories
 from components.profiles import PROFILES, GpuProfile
 from components.runners import HostRunners
 from components.smoke_test import SmokeSpec, SmokeTest
-from components.specs import NO_GPU, UserSpec, place_gpu_counts
+from components.specs import NO_GPU, UserSpec, is_under, place_gpu_counts
 from components.ssh import SshTarget, command_connection, docker_ssh_opts, identity_file, write_identity
 from stacks.config import (
     DockerTarget,
@@ -134,10 +135,11 @@ def image_naming(
 
 
 def base_url(svc: Service) -> str:
-    """Where the smoke runner on the host reaches the service: its first published port."""
-    if not svc.ports:
+    """Where the smoke runner on the host reaches the service: its first port published over TCP."""
+    tcp = [p for p in svc.ports if p.protocol == "tcp"]  # config.py refuses HTTP checks without one
+    if not tcp:
         return "http://127.0.0.1"
-    port = svc.ports[0]
+    port = tcp[0]
     host = port.host_ip if port.host_ip not in ("", "0.0.0.0") else "127.0.0.1"  # noqa: S104 - a bind address
     return f"http://{f'[{host}]' if ':' in host else host}:{port.host_port}"
 
@@ -207,6 +209,31 @@ def devices_of(
     return placement.apply(lambda placed: list(placed[service]))
 
 
+def host_directories(
+    config: StackConfig, target: DockerTarget, connection: command.remote.ConnectionArgs | None
+) -> dict[UserSpec, HostDirectories]:
+    """The host directories behind bind mounts, one command per owner; disabled services' too, so stopping
+    a service (enabled: false) changes nothing about its data. Only directories under target.root are
+    created and owned; a source outside it is mounted as it is, and only if it exists (a bind mount of a
+    missing source fails: Docker's Mount API)."""
+    paths_by_owner: dict[UserSpec, set[str]] = {}
+    for svc in config.services.values():
+        for volume in svc.volumes:
+            path = volume.host_path(target.root)
+            if target.root is not None and is_under(path, target.root):
+                paths_by_owner.setdefault(svc.user, set()).add(path)
+    return {
+        owner: HostDirectories(
+            f"dirs-{owner.uid}-{owner.gid}",
+            paths=sorted(paths),
+            owner=owner,
+            root=target.root or "",
+            connection=connection,
+        )
+        for owner, paths in sorted(paths_by_owner.items(), key=lambda item: (item[0].uid, item[0].gid))
+    }
+
+
 def deploy(stack: ResolvedStack) -> None:
     config = stack.config
     target = config.target
@@ -260,18 +287,8 @@ def deploy(stack: ResolvedStack) -> None:
     )
     on_host = pulumi.ResourceOptions(providers=[host.provider], depends_on=after_host)
 
-    # 3. Host directories behind bind mounts, one command per owner; disabled services' too, so stopping
-    #    a service (enabled: false) changes nothing about its data.
-    paths_by_owner: dict[UserSpec, set[str]] = {}
-    for svc in config.services.values():
-        for volume in svc.volumes:
-            paths_by_owner.setdefault(svc.user, set()).add(volume.host_path(target.root))
-    directories = {
-        owner: HostDirectories(
-            f"dirs-{owner.uid}-{owner.gid}", paths=sorted(paths), owner=owner, connection=connection
-        )
-        for owner, paths in sorted(paths_by_owner.items(), key=lambda item: (item[0].uid, item[0].gid))
-    }
+    # 3. Host directories behind bind mounts, one command per owner (see host_directories).
+    directories = host_directories(config, target, connection)
 
     # 4. Images: one per distinct (context, Dockerfile, stage) in use, all with the stack's release tag.
     images = build_images(stack, services, profile_key, on_host)
@@ -291,7 +308,7 @@ def deploy(stack: ResolvedStack) -> None:
         if svc.gpu.wants_gpu and not gpu_available:
             pulumi.log.warn(f"service {name}: no GPU on this target, it runs on the CPU")
         waits_for: list[pulumi.Resource] = [containers[dep] for dep in svc.depends_on]
-        if svc.volumes:
+        if svc.user in directories and svc.volumes:
             waits_for.append(directories[svc.user])
         args = GpuContainerArgs(
             container_name=f"{stack.stack}-{name}",

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from google.protobuf import json_format
 from pulumi.runtime import config as runtime_config
 from pulumi.runtime import mocks, rpc, settings
@@ -30,6 +29,8 @@ from pulumi.runtime.stack import Stack, wait_for_rpcs
 from pulumi.runtime.sync_await import _ensure_event_loop
 
 from components.specs import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
+from stacks.config import STACK_FILE_VARIABLE
+from stacks.stackfile import read_project, read_stack
 
 # How the engine's wire format marks secrets, references, outputs, assets and unknowns: the SDK's own.
 _SIG = rpc._special_sig_key
@@ -253,12 +254,12 @@ def read_stack_config(
     project_file = project_dir / "Pulumi.yaml"
     if not project_file.is_file():
         raise PlanError(f"{project_file} not found")
-    project_doc = yaml.safe_load(project_file.read_text()) or {}
+    project_doc = read_project(project_file) or {}
     project = str(project_doc.get("name", ""))
     stack_file = config_file or project_dir / f"Pulumi.{stack}.yaml"
     if not stack_file.is_file():
         raise PlanError(f"{stack_file} not found (stacks: {', '.join(list_stacks(project_dir))})")
-    stack_doc = yaml.safe_load(stack_file.read_text()) or {}
+    stack_doc = read_stack(stack_file) or {}
     if not isinstance(stack_doc, dict):
         raise PlanError(f"{stack_file} is not a YAML mapping")
 
@@ -339,6 +340,8 @@ def prepare(
 ) -> Plan:
     """Set up the mocked runtime for `stack` and return the (empty) plan it will fill."""
     project, config, secret_keys = read_stack_config(project_dir, stack, config_file)
+    # the program reads where the `secure:` values are from the stack file itself (stacks.config)
+    os.environ[STACK_FILE_VARIABLE] = str(config_file or project_dir / f"Pulumi.{stack}.yaml")
     plan = Plan(project=project, stack=stack)
     configure_runtime(project, stack, config, secret_keys, plan, preview=preview)
     return plan

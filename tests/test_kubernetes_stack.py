@@ -460,6 +460,12 @@ REFUSED: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
     (
         "host-path",
         _set("services.kokoro.volumes", ["/etc:/host-etc:ro"]),
+        "services.kokoro.volumes.0",
+        "/etc is a system location",
+    ),
+    (
+        "host-path-outside-root",
+        _set("services.kokoro.volumes", ["/srv/elsewhere:/data:ro"]),
         "services.kokoro.volumes",
         "under target.root",
     ),
@@ -630,8 +636,9 @@ def test_docker_stacks_do_not_load_pulumi_kubernetes() -> None:
 
 
 def test_a_secure_value_in_services_keeps_env_secret_and_the_fallback_still_overrides(tmp_path: Path) -> None:
-    """The CLI marks all of `services` secret when one value is `secure:`: every env value then goes
-    through the Secret, and the CPU fallback's own cpuEnv (USE_GPU=false) still wins in its pods."""
+    """The CLI marks all of `services` secret when one value is `secure:`; the stack file says which one:
+    only it goes through the Secret, the plain env stays readable in the Deployment, and the CPU
+    fallback's own cpuEnv (USE_GPU=false) still wins in its pods."""
 
     def secure(config: dict[str, Any]) -> None:
         services(config)["kokoro"]["secretEnv"] = {"API_KEY": {"secure": "v1:AAAA"}}
@@ -639,13 +646,13 @@ def test_a_secure_value_in_services_keeps_env_secret_and_the_fallback_still_over
     plan = plan_with(tmp_path, STACK, secure)
     gpu = pod(manifest_of(plan, DEPLOYMENT, "kokoro"))["containers"][0]["env"]
     cpu = pod(manifest_of(plan, DEPLOYMENT, "kokoro-cpu"))["containers"][0]["env"]
-    assert {"name": "USE_GPU", "valueFrom": {"secretKeyRef": {"name": "kokoro-env", "key": "USE_GPU"}}} in gpu
+    assert {"name": "USE_GPU", "value": "true"} in gpu
+    assert {"name": "API_KEY", "valueFrom": {"secretKeyRef": {"name": "kokoro-env", "key": "API_KEY"}}} in gpu
     assert {"name": "USE_GPU", "value": "false"} in cpu
     assert [e["name"] for e in cpu].count("USE_GPU") == 1
     rendered = render.render(plan)  # the plan shows the Secret's data as "[secret]"; render keeps its keys
     secret = rendered.manifests["secret-kokoro-env.yaml"]
-    plain = {"USE_GPU", "HOME", "UV_CACHE_DIR", "TEMP_FILE_DIR"}  # the service's env, made secret by the CLI
-    assert secret["stringData"] == {"API_KEY": "[secret]", **{key: "[secret]" for key in plain}}
+    assert secret["stringData"] == {"API_KEY": "[secret]"}
     for manifest in rendered.manifests.values():
         kubernetes_validate.validate(manifest, k8s_version(), strict=True)
 

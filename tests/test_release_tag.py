@@ -114,3 +114,20 @@ def test_a_large_file_is_streamed(tmp_path: Path) -> None:
     with (root / "weights.bin").open("wb") as out:
         out.truncate(64 << 20)  # sparse: 64 MiB of zeros, cheap on disk
     assert context_digest(root) is not None
+
+
+def test_a_context_too_large_is_refused_without_reading_it_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from components import cuda_image
+
+    root = make_context(tmp_path, ["a", "b", "c"], None)
+    monkeypatch.setattr(cuda_image, "MAX_CONTEXT_FILES", 3)
+    with pytest.raises(ValueError, match="sends 4 paths \\(at most 3\\)"):
+        context_digest(root)
+    monkeypatch.setattr(cuda_image, "MAX_CONTEXT_FILES", 100)
+    with (root / "big.bin").open("wb") as out:
+        out.truncate(2 << 30)  # sparse
+    monkeypatch.setattr(cuda_image, "MAX_CONTEXT_BYTES", 1 << 30)
+    with pytest.raises(ValueError, match="holds more than 1 GiB"):
+        context_digest(root)

@@ -2,6 +2,9 @@
 # Create service directories (model caches, data) with a fixed owner and mode. Never deletes.
 #
 # Environment:
+#   ROOT       the stack's root: every DIR must be inside it, and nothing outside it is created,
+#              re-owned or re-moded; no path component from ROOT down to a DIR may be a symlink (a
+#              container user could plant one in its own directory to reach outside), so none is followed
 #   DIRS       newline-separated absolute directory paths (blank lines ignored); relative paths,
 #              '..' components and '/' itself are refused before anything is created
 #   OWNER      "uid:gid", numeric (e.g. 1001:1001)
@@ -17,6 +20,25 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 bad() {
   die "$EXIT_BAD_PARAMS" "$1" "fix the directory list in the stack configuration and run pulumi up again"
+}
+
+# no_links_below ROOT DIR: refuse when ROOT or a component between it and DIR is a symlink, before
+# anything is created there (install -d and chmod would follow it out of the root).
+no_links_below() {
+  local root="$1" dir="$2" step rest part
+  local -a parts
+  step="$root"
+  rest="${dir#"$root"}"
+  as_root test ! -L "${HOST_ROOT}${step}" || bad "$step is a symlink: the stack's root must be a real directory"
+  IFS=/ read -r -a parts <<<"${rest#/}"
+  for part in "${parts[@]}"; do
+    [[ -n "$part" ]] || continue
+    step="$step/$part"
+    if as_root test -L "${HOST_ROOT}${step}"; then
+      die "$EXIT_BAD_PARAMS" "$step is a symlink (to $(as_root readlink "${HOST_ROOT}${step}")): it is not followed" \
+        "replace it with a real directory (a container may have planted it), then run pulumi up again"
+    fi
+  done
 }
 
 # own_contents PATH UID GID LABEL: everything already inside PATH (a database left by an older setup, say)
@@ -51,12 +73,19 @@ main() {
     dirs+=("$dir")
   done <<<"${DIRS:-}"
   ((${#dirs[@]} > 0)) || bad "DIRS lists no directories"
+  local root="${ROOT:-}"
+  [[ "$root" == /* && "$root" =~ [^/] && "/$root/" != */../* ]] || bad "ROOT must be an absolute directory other than /, got '${root}'"
+  root="${root%/}"
+  for dir in "${dirs[@]}"; do
+    [[ "$dir" == "$root" || "$dir" == "$root"/* ]] || bad "directory '$dir' is outside the stack's root $root"
+  done
 
   require_root
   umask 022
   local uid="${owner%%:*}" gid="${owner##*:}" path current
   for dir in "${dirs[@]}"; do
     path="${HOST_ROOT}${dir}"
+    no_links_below "$root" "$dir"
     if as_root test -e "$path" && ! as_root test -d "$path"; then
       bad "'$dir' exists and is not a directory"
     fi

@@ -15,9 +15,12 @@ No GPU here: the GPU steps run too and must fail the way the README says, with t
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import shutil
 import socket
 import stat
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,7 +129,8 @@ def stack_file(
         "python-only": {
             **service,
             "image": "gpu-deploy-test/python3:bookworm",
-            "command": ["python3", "-c", PYTHON_SERVER],
+            # one line: a line break in any config value is refused (it would split a command line)
+            "command": ["python3", "-c", f"exec({PYTHON_SERVER!r})"],
             "ports": [f"127.0.0.1:{ports['python-only']}:8080"],
             "dependsOn": {"bash-only": "healthy"},
             "smoke": [
@@ -160,10 +164,11 @@ def deploy(
     tmp_path_factory: pytest.TempPathFactory, ssh_hosts: SshHosts, engine: Engine, base_images: BaseImages
 ) -> Iterator[Deploy]:
     tmp = tmp_path_factory.mktemp("deploy")
-    root = tmp / "srv" / STACK
-    root.parent.mkdir(parents=True)
-    root.parent.chmod(0o755)
-    tmp.chmod(0o755)
+    # A root where a real one would be: /tmp is a system location a stack may not use (components.specs).
+    # This run's own directory under /srv, removed afterwards.
+    base = Path(tempfile.mkdtemp(prefix=f"gdt-{os.getpid()}-", dir="/srv"))
+    base.chmod(0o755)
+    root = base / STACK
     (root / "data").mkdir(parents=True)
     # what the old compose setup left: a database root owns, read-only
     (root / "data" / "app.db").write_text("from the old setup\n")
@@ -180,6 +185,7 @@ def deploy(
         yield Deploy(plan, root, ssh_hosts, engine, base_images, home, ports)
     finally:
         key_file.unlink(missing_ok=True)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- the pinned host key
@@ -375,3 +381,23 @@ def test_a_gpu_request_gets_the_engines_nvidia_error(
         assert 'could not select device driver "nvidia" with capabilities: [[gpu]]' in refused.value.message
     finally:
         deploy.engine.docker_cli("rm", "-f", planned["name"], check=False)
+
+
+def test_a_bind_source_outside_the_root_is_mounted_only_if_it_exists(
+    deploy: Deploy, running: dict[str, str]
+) -> None:
+    """Outside target.root nothing is created (stacks/docker.py host_directories): the planned Mount API
+    bind of a missing source is refused by the engine instead of creating it, as `-v` would."""
+    planned = dict(deploy.plan.named(CONTAINER, "bash-only").inputs)
+    missing = deploy.root.parent / "not-created-by-anyone"
+    planned["mounts"] = [{"type": "bind", "source": str(missing), "target": "/data"}]
+    planned["name"] = "realhost-missing-source"
+    planned.pop("ports", None)
+    create = engine_api.create_body(planned)
+    try:
+        with pytest.raises(engine_api.EngineError) as refused:
+            engine_api.create_and_start(str(deploy.engine.socket), create)
+        assert "bind source path does not exist" in refused.value.message
+        assert not missing.exists()
+    finally:
+        deploy.engine.docker_cli("rm", "-f", "realhost-missing-source", check=False)
