@@ -8,8 +8,10 @@ keeps package/driver state in files, so installs, restarts and reboots are obser
 
 from __future__ import annotations
 
+import configparser
 import hashlib
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from components.host_scripts import SCRIPTS_DIR, command_line, command_with_script, script, script_names
 from tests.tools import dev_tool
@@ -365,18 +369,29 @@ def test_toolkit_apt_install_then_idempotent(host: Host, os_key: str) -> None:
 
 
 @pytest.mark.parametrize("os_key", DNF_OSES)
-def test_toolkit_dnf_install_then_idempotent(host: Host, os_key: str) -> None:
+def test_toolkit_dnf_install_then_idempotent(toolkit_host: Host, os_key: str) -> None:
+    """NVIDIA's own .repo (gpgcheck=0) is written anew with every check on and the key pinned and imported."""
+    host = toolkit_host
     host.set_os(os_key)
     result = host.run("install-toolkit", TOOLKIT_ACTION="install")
     assert result.returncode == 0, result.stderr
-    assert len(host.called("curl")) == 1
-    assert "stable/rpm/nvidia-container-toolkit.repo" in host.called("curl")[0]
-    assert (host.root / "etc/yum.repos.d/nvidia-container-toolkit.repo").is_file()
+    curls = host.called("curl")
+    assert len(curls) == 2
+    assert curls[0].endswith(
+        " https://nvidia.github.io/libnvidia-container/stable/rpm/nvidia-container-toolkit.repo"
+    )
+    assert curls[1].endswith(" https://nvidia.github.io/libnvidia-container/gpgkey")
+    assert (host.root / DNF_REPO).read_text() == PINNED_NVIDIA_REPO
+    assert (host.root / RPM_KEY[1:]).read_text() == served_key(f"{REPO_URL}/gpgkey")
+    assert host.called("rpm --import") == [f"rpm --import {host.root}{RPM_KEY}"]
+    assert_key_checked_before_import(host, f"{REPO_URL}/gpgkey")
     assert host.called("dnf") == ["dnf install -y nvidia-container-toolkit"]
-    assert not host.called("apt-get") and not host.called("gpg")
+    assert "writing gpgcheck=1" in result.stderr
+    assert not host.called("apt-get")
+    assert written_paths_under_root(host) == {"etc/os-release", DNF_REPO, RPM_KEY[1:]}
     again = host.run("install-toolkit", TOOLKIT_ACTION="install")
     assert again.returncode == 0
-    assert not host.called("dnf") and not host.called("curl")
+    assert not host.called("dnf") and not host.called("curl") and not host.called("rpm --import")
 
 
 def test_toolkit_fingerprint_mismatch(host: Host) -> None:
@@ -400,7 +415,8 @@ def test_toolkit_curl_failure(host: Host) -> None:
     assert not host.called("apt-get")
 
 
-def test_toolkit_package_failure(host: Host) -> None:
+def test_toolkit_package_failure(toolkit_host: Host) -> None:
+    host = toolkit_host
     host.set_os("rocky9")
     host.env["STUB_DNF_FAIL"] = "1"
     assert_fails(host.run("install-toolkit", TOOLKIT_ACTION="install"), 13, "nvidia-container-toolkit")
@@ -432,11 +448,614 @@ def test_non_root_without_sudo_rights(host: Host) -> None:
         ("install-toolkit", {"TOOLKIT_ACTION": "install"}),
         ("install-driver", {"DRIVER_ACTION": "install", "DRIVER_BRANCH": "580"}),
         ("configure-runtime", {"CONTAINER_RUNTIME": "docker"}),
-        ("prepare-dirs", {"DIRS": "/srv/models", "OWNER": "1001:1001"}),
+        ("prepare-dirs", {"ROOT": "/srv", "DIRS": "/srv/models", "OWNER": "1001:1001"}),
     ]:
         result = host.run(name, **env)
         assert_fails(result, 11, "sudo -n", "passwordless sudo")
         assert not host.called("apt-get") and not host.called("nvidia-ctk runtime")
+
+
+# The downloaded apt list and .repo file are written anew: pinned key, NVIDIA's host only, nothing that
+# weakens verification.
+
+REPO_URL = "https://nvidia.github.io/libnvidia-container"
+KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+RPM_KEY = "/etc/pki/rpm-gpg/RPM-GPG-KEY-nvidia-container-toolkit"
+APT_LIST = "etc/apt/sources.list.d/nvidia-container-toolkit.list"
+DNF_REPO = "etc/yum.repos.d/nvidia-container-toolkit.repo"
+
+# What NVIDIA publishes at stable/deb/nvidia-container-toolkit.list and stable/rpm/nvidia-container-toolkit.repo.
+NVIDIA_LIST = (
+    "deb https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n"
+    "#deb https://nvidia.github.io/libnvidia-container/experimental/deb/$(ARCH) /\n"
+)
+NVIDIA_REPO = """[nvidia-container-toolkit]
+name=nvidia-container-toolkit
+baseurl=https://nvidia.github.io/libnvidia-container/stable/rpm/$basearch
+repo_gpgcheck=1
+gpgcheck=0
+enabled=1
+gpgkey=https://nvidia.github.io/libnvidia-container/gpgkey
+sslverify=1
+sslcacert=/etc/pki/tls/certs/ca-bundle.crt
+
+[nvidia-container-toolkit-experimental]
+name=nvidia-container-toolkit-experimental
+baseurl=https://nvidia.github.io/libnvidia-container/experimental/rpm/$basearch
+repo_gpgcheck=1
+gpgcheck=0
+enabled=0
+gpgkey=https://nvidia.github.io/libnvidia-container/gpgkey
+sslverify=1
+sslcacert=/etc/pki/tls/certs/ca-bundle.crt
+"""
+
+
+def pinned_section(section: str, baseurl: str, enabled: str) -> str:
+    """A section as install-toolkit.sh writes it: every check on, the verified key as a local file."""
+    return (
+        f"[{section}]\nname={section}\nbaseurl={baseurl}\nenabled={enabled}\ngpgcheck=1\nrepo_gpgcheck=1\n"
+        f"gpgkey=file://{RPM_KEY}\nsslverify=1\n\n"
+    )
+
+
+PINNED_NVIDIA_REPO = pinned_section(
+    "nvidia-container-toolkit", f"{REPO_URL}/stable/rpm/$basearch", "1"
+) + pinned_section("nvidia-container-toolkit-experimental", f"{REPO_URL}/experimental/rpm/$basearch", "0")
+
+# curl serves $STUB_LIST_FILE and $STUB_REPO_FILE, and a key (naming its URL) for anything else under
+# REPO_URL; rpm also takes --import.
+TOOLKIT_STUBS = {
+    "curl": """
+out=/dev/stdout; url=""
+while [ $# -gt 0 ]; do
+  case "$1" in -o) out="$2"; shift 2 ;; --proto|--retry) shift 2 ;; -*) shift ;; *) url="$1"; shift ;; esac
+done
+[ "${STUB_CURL_FAIL:-0}" = 1 ] && { echo "curl: (6) Could not resolve host" >&2; exit 6; }
+case "$url" in
+  */stable/deb/nvidia-container-toolkit.list) cp "$STUB_LIST_FILE" "$out" ;;
+  */stable/rpm/nvidia-container-toolkit.repo) cp "$STUB_REPO_FILE" "$out" ;;
+  https://nvidia.github.io/libnvidia-container/*)
+    printf -- '-----BEGIN PGP PUBLIC KEY BLOCK-----\\n%s\\n' "$url" >"$out" ;;
+  *) echo "curl: (22) 404" >&2; exit 22 ;;
+esac
+""",
+    "rpm": """
+if [ "${1:-}" = --import ]; then
+  [ "${STUB_RPM_IMPORT_FAIL:-0}" = 1 ] && { echo "error: $2: key 1 import failed." >&2; exit 1; }
+  cp "$2" "$STATE/rpm-imported-key"; exit 0
+fi
+"""
+    + STUBS["rpm"],
+}
+
+
+def served_key(url: str) -> str:
+    return f"-----BEGIN PGP PUBLIC KEY BLOCK-----\n{url}\n"
+
+
+def serve(host: Host, listing: str | None = None, repo: str | None = None) -> None:
+    """What curl returns for NVIDIA's apt list and .repo file."""
+    if listing is not None:
+        Path(host.env["STUB_LIST_FILE"]).write_text(listing, newline="")
+    if repo is not None:
+        Path(host.env["STUB_REPO_FILE"]).write_text(repo, newline="")
+
+
+def forget_toolkit(host: Host) -> None:
+    """Undo an install under the fake root (keys, sources, packages), so one host serves many examples."""
+    for rel in ("usr", "etc/apt", "etc/yum.repos.d", "etc/pki"):
+        shutil.rmtree(host.root / rel, ignore_errors=True)
+    for path in host.state.iterdir():
+        path.unlink()
+
+
+def assert_key_checked_before_import(host: Host, key_url: str) -> None:
+    calls = host.calls()
+    download = calls.index(next(c for c in calls if c.startswith("curl ") and c.endswith(" " + key_url)))
+    check = calls.index(next(c for c in calls if c.startswith("gpg ") and "--show-keys" in c))
+    imports = [i for i, c in enumerate(calls) if c.startswith("rpm --import")]
+    assert imports and download < check < imports[0], calls
+
+
+@pytest.fixture
+def toolkit_host(host: Host) -> Host:
+    """`host` whose curl serves NVIDIA's list and .repo (or what a test serves instead) and whose rpm imports keys."""
+    bindir = Path(host.env["PATH"].split(":")[0])
+    for name, body in TOOLKIT_STUBS.items():
+        (bindir / name).write_text(STUB_HEAD + body)
+    host.env["STUB_LIST_FILE"] = str(host.tmp / "served.list")
+    host.env["STUB_REPO_FILE"] = str(host.tmp / "served.repo")
+    serve(host, NVIDIA_LIST, NVIDIA_REPO)
+    return host
+
+
+def assert_refused(host: Host, result: subprocess.CompletedProcess[str], *words: str) -> None:
+    """Exit 12 with ERROR and NEXT, and nothing written: no key, no source, no package manager run."""
+    assert_fails(result, 12, *words)
+    assert written_paths_under_root(host) == {"etc/os-release"}
+    assert not host.called("apt-get") and not host.called("dnf") and not host.called("rpm --import")
+
+
+def test_toolkit_apt_nvidia_list_is_signed_and_comments_dropped(toolkit_host: Host) -> None:
+    host = toolkit_host
+    result = host.run("install-toolkit", TOOLKIT_ACTION="install")
+    assert result.returncode == 0, result.stderr
+    assert (
+        host.root / APT_LIST
+    ).read_text() == f"deb [signed-by={KEYRING}] {REPO_URL}/stable/deb/$(ARCH) /\n"
+
+
+@pytest.mark.parametrize(
+    ("listing", "written"),
+    [
+        (
+            f"deb [arch=amd64 signed-by=/etc/apt/keyrings/other.gpg] {REPO_URL}/stable/deb/$(ARCH) /\n",
+            f"deb [signed-by={KEYRING} arch=amd64] {REPO_URL}/stable/deb/$(ARCH) /\n",
+        ),
+        (
+            f"  deb\t[ lang=none  arch=arm64,amd64 pdiffs=no ]\t{REPO_URL}/stable/deb/$(ARCH)  /  # note\r\n"
+            f"deb-src {REPO_URL}/stable/deb/$(ARCH) /\n",
+            f"deb [signed-by={KEYRING} arch=arm64,amd64] {REPO_URL}/stable/deb/$(ARCH) /\n",
+        ),
+        (
+            f"deb [signed-by={KEYRING}]{REPO_URL}/stable/deb/amd64 /\ndeb {REPO_URL}/stable/deb/all /",
+            f"deb [signed-by={KEYRING}] {REPO_URL}/stable/deb/amd64 /\ndeb [signed-by={KEYRING}] {REPO_URL}/stable/deb/all /\n",
+        ),
+    ],
+)
+def test_toolkit_apt_list_options_are_rewritten(toolkit_host: Host, listing: str, written: str) -> None:
+    serve(toolkit_host, listing=listing)
+    result = toolkit_host.run("install-toolkit", TOOLKIT_ACTION="install")
+    assert result.returncode == 0, result.stderr
+    assert (toolkit_host.root / APT_LIST).read_text() == written
+
+
+@pytest.mark.parametrize(
+    ("listing", "word"),
+    [
+        (f"deb [trusted=yes] {REPO_URL}/stable/deb/$(ARCH) /\n", "trusted=yes"),
+        (f"deb [arch=amd64 allow-insecure=yes] {REPO_URL}/stable/deb/$(ARCH) /\n", "allow-insecure=yes"),
+        (f"deb [ allow-weak=yes ] {REPO_URL}/stable/deb/$(ARCH) /\n", "allow-weak=yes"),
+        (f"deb [allow-downgrade-to-insecure=yes] {REPO_URL}/stable/deb/$(ARCH) /\n", "allow-downgrade"),
+        (f"deb [check-valid-until=no] {REPO_URL}/stable/deb/$(ARCH) /\n", "check-valid-until=no"),
+        (f"deb [Trusted+=yes] {REPO_URL}/stable/deb/$(ARCH) /\n", "Trusted+=yes"),
+        (f"deb-src [trusted=yes] {REPO_URL}/stable/deb/$(ARCH) /\n", "weakens"),
+        (f"{NVIDIA_LIST}deb [trusted=yes] https://attacker.example/deb /\n", "line 3"),
+        (
+            "deb https://nvidia.github.io.attacker.example/libnvidia-container/stable/deb/$(ARCH) /\n",
+            "not under",
+        ),
+        ("deb http://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n", "not under"),
+        ("deb https://nvidia.github.io/libnvidia-container.attacker/deb /\n", "not under"),
+        ("deb https://x@nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n", "not under"),
+        ("deb mirror+https://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH) /\n", "not under"),
+        (f"deb {REPO_URL}/../../attacker/deb /\n", "not under"),
+        (f"deb [arch=amd64 {REPO_URL}/stable/deb/$(ARCH) /\n", "unclosed"),
+        (f"deb [trusted] {REPO_URL}/stable/deb/$(ARCH) /\n", "NAME=VALUE"),
+        (f'deb {REPO_URL}/stable/deb/$(ARCH) "/"\n', "plain word"),
+        (f"deb {REPO_URL}/stable/deb/$(ARCH)\n", "no URI and suite"),
+        ("Types: deb\n", "not a 'deb'"),
+        ("# nothing here\n", "no 'deb' line"),
+    ],
+)
+def test_toolkit_apt_list_that_weakens_or_points_elsewhere_is_refused(
+    toolkit_host: Host, listing: str, word: str
+) -> None:
+    serve(toolkit_host, listing=listing)
+    result = toolkit_host.run("install-toolkit", TOOLKIT_ACTION="install")
+    assert_refused(toolkit_host, result, word, "nvidia-container-toolkit.list")
+
+
+@pytest.mark.parametrize(
+    ("change", "word"),
+    [
+        (("repo_gpgcheck=1", "repo_gpgcheck=0"), "turns repo_gpgcheck off"),
+        (("sslverify=1", "sslverify=False"), "turns sslverify off"),
+        (("sslverify=1", "sslverify=1\nlocalpkg_gpgcheck=no"), "localpkg_gpgcheck"),
+        (("gpgcheck=0", "gpgcheck=maybe"), "not a boolean"),
+        (("enabled=1", "enabled=2"), "not a boolean"),
+        (("sslverify=1", "sslverify=1\nmirrorlist=https://attacker.example/mirrors"), "mirrorlist"),
+        (("sslverify=1", "sslverify=1\nmetalink=https://attacker.example/metalink"), "metalink"),
+        (("baseurl=https://nvidia.github.io", "baseurl=https://attacker.example"), "baseurl"),
+        (("baseurl=https://", "baseurl=http://"), "baseurl"),
+        (("gpgkey=https://nvidia.github.io", "gpgkey=https://attacker.example"), "gpgkey"),
+        (("/gpgkey", "/gpgkey https://attacker.example/key"), "gpgkey"),
+        (("[nvidia-container-toolkit]", "[main]\ngpgcheck=0\n[nvidia-container-toolkit]"), "[main]"),
+        (("[nvidia-container-toolkit]", "gpgcheck=0\n[nvidia-container-toolkit]"), "before any [section]"),
+        (("-experimental]", "]"), "repeats the section"),
+        (("name=nvidia-container-toolkit\n", "just a line\n"), "KEY=VALUE"),
+    ],
+)
+def test_toolkit_dnf_repo_that_weakens_or_points_elsewhere_is_refused(
+    toolkit_host: Host, change: tuple[str, str], word: str
+) -> None:
+    host = toolkit_host
+    host.set_os("rocky9")
+    serve(host, repo=NVIDIA_REPO.replace(*change))
+    assert_refused(
+        host, host.run("install-toolkit", TOOLKIT_ACTION="install"), word, "NEXT: nothing was written"
+    )
+    assert len(host.called("curl")) == 1, "no key is downloaded for a refused .repo"
+
+
+@pytest.mark.parametrize(
+    ("repo", "word"),
+    [
+        ("", "no [section]"),
+        (
+            NVIDIA_REPO.replace("gpgkey=https://nvidia.github.io/libnvidia-container/gpgkey\n", ""),
+            "no gpgkey",
+        ),
+        (
+            "[nvidia-container-toolkit]\ngpgkey=https://nvidia.github.io/libnvidia-container/gpgkey\n",
+            "no baseurl",
+        ),
+    ],
+)
+def test_toolkit_dnf_repo_missing_parts_is_refused(toolkit_host: Host, repo: str, word: str) -> None:
+    toolkit_host.set_os("rhel9")
+    serve(toolkit_host, repo=repo)
+    assert_refused(toolkit_host, toolkit_host.run("install-toolkit", TOOLKIT_ACTION="install"), word)
+
+
+def test_toolkit_dnf_key_fingerprint_mismatch_is_not_imported(toolkit_host: Host) -> None:
+    host = toolkit_host
+    host.set_os("rhel9")
+    host.env["STUB_GPG_FPR"] = "0" * 40
+    result = host.run("install-toolkit", TOOLKIT_ACTION="install")
+    assert_refused(host, result, "fingerprint", "0" * 40, FINGERPRINT, f"{REPO_URL}/gpgkey")
+    assert host.called("curl")[1].endswith(f" {REPO_URL}/gpgkey")
+
+
+def test_toolkit_dnf_key_import_failure(toolkit_host: Host) -> None:
+    host = toolkit_host
+    host.set_os("rhel9")
+    host.env["STUB_RPM_IMPORT_FAIL"] = "1"
+    assert_fails(host.run("install-toolkit", TOOLKIT_ACTION="install"), 12, "rpm --import")
+    assert not (host.root / DNF_REPO).exists() and not host.called("dnf")
+
+
+# --- generated lists and .repo files ---
+
+TOOLKIT_PROPERTY = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+APT_WEAKENING = [
+    "trusted",
+    "allow-insecure",
+    "allow-weak",
+    "allow-downgrade-to-insecure",
+    "check-valid-until",
+    "check-date",
+    "valid-until-min",
+    "valid-until-max",
+    "date-max-future",
+]
+PLAIN_WORD = re.compile(r"[A-Za-z0-9._~/$()+-]+")
+SPACE = st.sampled_from([" ", "\t", "  ", " \t "])
+MAYBE_SPACE = st.sampled_from(["", " ", "\t", "  "])
+NOISE = st.text(
+    alphabet=st.characters(exclude_categories=["Cs"], exclude_characters="\n\r\x00"), max_size=30
+) | st.sampled_from(
+    ["deb [trusted=yes] http://attacker.example/ /", "gpgcheck=0", "[main]", "sslverify=0", "]"]
+)
+FOREIGN_URLS = st.sampled_from(
+    [
+        "https://attacker.example/libnvidia-container/stable/deb/$(ARCH)",
+        "http://nvidia.github.io/libnvidia-container/stable/deb/$(ARCH)",
+        "https://nvidia.github.io.attacker.example/libnvidia-container/stable",
+        "https://nvidia.github.io/libnvidia-container.attacker/stable",
+        "https://user@nvidia.github.io/libnvidia-container/stable",
+        "https://nvidia.github.io/libnvidia-container/../attacker",
+        "https://nvidia.github.io/libnvidia-container/stable?x=1",
+        "mirror+https://nvidia.github.io/libnvidia-container/stable",
+        "tor+https://nvidia.github.io/libnvidia-container/stable",
+        "HTTPS://nvidia.github.io/libnvidia-container/stable",
+        "https://nvidia.github.io/libnvidia-container",
+        "https://nvidia.github.io/other/stable",
+        "file:///srv/mirror",
+        "cdrom:[Debian]/",
+    ]
+) | st.from_regex(r"https?://[a-z0-9.-]{1,20}(/[a-z0-9$()._-]{0,10}){0,3}", fullmatch=True)
+NVIDIA_URLS = st.lists(  # under REPO_URL, unless a `..` part climbs out
+    st.sampled_from(
+        ["stable", "deb", "rpm", "$(ARCH)", "$basearch", "experimental", "amd64", "ubuntu22.04", ".."]
+    )
+    | st.from_regex(r"[A-Za-z0-9._~+-]{1,8}", fullmatch=True),
+    min_size=1,
+    max_size=4,
+).map(lambda parts: f"{REPO_URL}/" + "/".join(parts))
+
+
+def nvidia_url(url: str) -> bool:
+    """The rule the script applies: one plain https URL under REPO_URL/, without `..`."""
+    return url.startswith(f"{REPO_URL}/") and ".." not in url and PLAIN_WORD.fullmatch(url[8:]) is not None
+
+
+@st.composite
+def random_case(draw: st.DrawFn, word: str) -> str:
+    flips = draw(st.lists(st.booleans(), min_size=len(word), max_size=len(word)))
+    return "".join(c.upper() if flip else c for c, flip in zip(word, flips, strict=True))
+
+
+APT_OPTION_VALUES = st.sampled_from(
+    [
+        "yes",
+        "no",
+        "amd64",
+        "amd64,arm64",
+        "arm64",
+        KEYRING,
+        "/etc/apt/keyrings/other.gpg",
+        "Contents-deb",
+        "1",
+    ]
+) | st.text(alphabet="abcxyzAZ019-_.,/:=+[", min_size=1, max_size=8)
+SAFE_APT_OPTIONS = st.tuples(
+    st.sampled_from(
+        ["arch", "lang", "target", "pdiffs", "by-hash", "signed-by", "inrelease-path", "snapshot"]
+    )
+    | st.from_regex(r"[a-z][a-z-]{0,10}[a-z]", fullmatch=True).filter(lambda name: name not in APT_WEAKENING),
+    st.sampled_from(["=", "=", "+=", "-="]),
+    APT_OPTION_VALUES,
+).map("".join)
+ARCH_OPTIONS = st.sampled_from(["arch=", "arch+=", "Arch="]).flatmap(
+    lambda option: st.sampled_from(
+        ["amd64", "arm64", "amd64,arm64", "i386", "AMD64", "amd64;x", "$(ARCH)", "a=b"]
+    ).map(lambda value: option + value)
+)
+WEAKENING_APT_OPTIONS = st.tuples(
+    st.sampled_from(APT_WEAKENING).flatmap(random_case), st.sampled_from(["=", "+=", "-="]), APT_OPTION_VALUES
+).map("".join)
+SUITES = st.sampled_from(["/", "./", "stable", "$(ARCH)/"])
+COMPONENTS = st.sampled_from(["main", "contrib", "non-free"])
+MALFORMED_APT_OPTIONS = st.sampled_from(["trusted", "=yes", "arch", "x_y=1", "9=1", "-=x"])
+APT_OPTION_FORM = re.compile(r"([A-Za-z](?:[A-Za-z-]*[A-Za-z])?)[+-]?=.*")
+
+
+@dataclass
+class AptEntry:
+    kind: str
+    options: list[str]
+    uri: str
+    words: list[str]
+
+
+@st.composite
+def apt_lists(draw: st.DrawFn) -> tuple[str, str | None]:
+    """A downloaded list, and what the script must write from it (None: it must refuse). Entries are safe, then
+    0 to 2 hazards (a weakening or malformed option, a foreign URI) go into random entries."""
+    layout = draw(st.lists(st.sampled_from(["entry", "entry", "entry", "comment", "blank"]), max_size=5))
+    entries = [
+        AptEntry(
+            draw(st.sampled_from(["deb", "deb", "deb", "deb-src"])),
+            draw(st.lists(SAFE_APT_OPTIONS | ARCH_OPTIONS, max_size=3)),
+            draw(NVIDIA_URLS),
+            [draw(SUITES), *draw(st.lists(COMPONENTS, max_size=2))],
+        )
+        for kind in layout
+        if kind == "entry"
+    ]
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2])) if entries else 0):
+        entry = draw(st.sampled_from(entries))
+        hazard = draw(st.sampled_from(["weakening", "malformed", "foreign"]))
+        if hazard == "foreign":
+            entry.uri = draw(FOREIGN_URLS)
+        else:
+            option = draw(WEAKENING_APT_OPTIONS if hazard == "weakening" else MALFORMED_APT_OPTIONS)
+            entry.options.insert(draw(st.integers(0, len(entry.options))), option)
+
+    text, written, refused, queue = "", "", False, iter(entries)
+    for kind in layout:
+        end = draw(st.sampled_from(["\n", "\r\n"]))
+        if kind != "entry":
+            text += draw(MAYBE_SPACE) + ("#" + draw(NOISE) if kind == "comment" else "") + end
+            continue
+        entry = next(queue)
+        line = draw(MAYBE_SPACE) + entry.kind + draw(SPACE)
+        empty_block = draw(st.booleans())
+        if entry.options or empty_block:
+            inside = draw(MAYBE_SPACE) + draw(SPACE).join(entry.options) + draw(MAYBE_SPACE)
+            line += "[" + inside + "]" + draw(MAYBE_SPACE)
+        line += entry.uri + "".join(draw(SPACE) + word for word in entry.words) + draw(MAYBE_SPACE)
+        if draw(st.booleans()):
+            line += "#" + draw(NOISE)
+        text += line + end
+
+        arch = ""
+        for option in entry.options:
+            form = APT_OPTION_FORM.fullmatch(option)
+            if form is None or form.group(1).lower() in APT_WEAKENING:
+                refused = True
+            elif re.fullmatch(r"arch=[a-z0-9][a-z0-9,-]*", option):
+                arch = option.removeprefix("arch=")
+        refused = refused or not nvidia_url(entry.uri)
+        if entry.kind == "deb":
+            written += f"deb [signed-by={KEYRING}{' arch=' + arch if arch else ''}] {entry.uri} {' '.join(entry.words)}\n"
+    if draw(st.booleans()):
+        text = text.removesuffix("\r\n").removesuffix("\n")  # no newline at the end
+    return text, None if refused or not written else written
+
+
+SIGNED_DEB_LINE = re.compile(
+    rf"deb \[signed-by={re.escape(KEYRING)}( arch=[a-z0-9][a-z0-9,-]*)?\] "
+    rf"{re.escape(REPO_URL)}/[A-Za-z0-9._~/$()+-]+( [A-Za-z0-9._~/$()+-]+)+"
+)
+
+
+@TOOLKIT_PROPERTY
+@given(case=apt_lists())
+def test_toolkit_generated_apt_lists(toolkit_host: Host, case: tuple[str, str | None]) -> None:
+    """Whatever the list says, every line written is a deb line with the pinned signed-by, under REPO_URL, and
+    carries no option but arch; a weakening option or a foreign host anywhere means nothing is written."""
+    host = toolkit_host
+    listing, expected = case
+    forget_toolkit(host)
+    serve(host, listing=listing)
+    result = host.run("install-toolkit", TOOLKIT_ACTION="install")
+    event("refused (exit 12)" if expected is None else "written")
+    if expected is None:
+        assert_refused(host, result)
+        return
+    assert result.returncode == 0, result.stderr
+    written = (host.root / APT_LIST).read_text()
+    assert written == expected
+    for line in written.splitlines():
+        assert SIGNED_DEB_LINE.fullmatch(line), line
+        assert not any(f"{name}=" in line.lower() for name in APT_WEAKENING), line
+    assert written_paths_under_root(host) == {"etc/os-release", APT_LIST, KEYRING[1:]}
+
+
+BOOLS = {"1": "1", "yes": "1", "true": "1", "on": "1", "0": "0", "no": "0", "false": "0", "off": "0"}
+CHECKS = ["repo_gpgcheck", "localpkg_gpgcheck", "sslverify"]  # refused when off
+SAFE_REPO_ENTRIES = (
+    st.tuples(
+        st.sampled_from(["gpgcheck", "pkg_gpgcheck", "enabled"]), st.sampled_from([*BOOLS, "True", "NO"])
+    )
+    | st.tuples(st.sampled_from(CHECKS), st.sampled_from(["1", "yes", "true", "on", "True", "On"]))
+    | st.tuples(st.just("baseurl"), NVIDIA_URLS)
+    | st.tuples(st.just("gpgkey"), st.just(f"{REPO_URL}/gpgkey"))
+    | st.tuples(
+        st.sampled_from(["name", "sslcacert", "skip_if_unavailable", "priority", "type", "exclude", "proxy"]),
+        st.text(alphabet="abcXYZ019-_./:$ ", max_size=12),
+    )
+)
+REPO_HAZARDS = (
+    st.tuples(
+        st.sampled_from([*CHECKS, "gpgcheck", "pkg_gpgcheck", "enabled"]),
+        st.sampled_from(["2", "", "1 # on"]),
+    )
+    | st.tuples(st.sampled_from(CHECKS), st.sampled_from(["0", "no", "false", "off", "False", "OFF"]))
+    | st.tuples(st.sampled_from(["mirrorlist", "metalink"]), FOREIGN_URLS | NVIDIA_URLS)
+    | st.tuples(st.sampled_from(["baseurl", "gpgkey"]), FOREIGN_URLS)
+    | st.tuples(st.just("gpgkey"), st.just(f"{REPO_URL}/stable/gpgkey"))  # a second key
+    | st.sampled_from(["[main]", "[Main]", "[duplicate]", "[bad id]", "key before any section", "no baseurl"])
+)
+SECTION_IDS = st.sampled_from(
+    ["nvidia-container-toolkit", "nvidia-container-toolkit-experimental"]
+) | st.from_regex(r"[A-Za-z0-9._:-]{1,16}", fullmatch=True)
+
+
+@st.composite
+def dnf_repos(draw: st.DrawFn) -> tuple[str, str | None, str | None]:
+    """A downloaded .repo, what the script must write from it (None: refuse), and the key URL it names. Sections
+    are safe (a baseurl and NVIDIA's gpgkey, then safe entries), then 0 to 2 hazards go into random places."""
+    sections: list[tuple[str, list[tuple[str, str]]]] = []
+    for index, section in enumerate(draw(st.lists(SECTION_IDS, min_size=1, max_size=3, unique=True))):
+        entries = draw(st.lists(SAFE_REPO_ENTRIES, max_size=5))
+        entries.insert(draw(st.integers(0, len(entries))), ("baseurl", draw(NVIDIA_URLS)))
+        if index == 0 or draw(st.booleans()):
+            entries.insert(draw(st.integers(0, len(entries))), ("gpgkey", f"{REPO_URL}/gpgkey"))
+        sections.append((section, entries))
+    preamble: list[tuple[str, str]] = []
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+        hazard = draw(REPO_HAZARDS)
+        section, entries = draw(st.sampled_from(sections))
+        if hazard in ("[main]", "[Main]", "[bad id]"):
+            sections.insert(
+                draw(st.integers(0, len(sections))), (hazard[1:-1], [("baseurl", draw(NVIDIA_URLS))])
+            )
+        elif hazard == "[duplicate]":
+            sections.append((section, [("baseurl", draw(NVIDIA_URLS))]))
+        elif hazard == "key before any section":
+            preamble.append(draw(SAFE_REPO_ENTRIES))
+        elif hazard == "no baseurl":
+            entries[:] = [entry for entry in entries if entry[0] != "baseurl"]
+        else:
+            assert isinstance(hazard, tuple)
+            entries.insert(draw(st.integers(0, len(entries))), hazard)
+
+    end = draw(st.sampled_from(["\n", "\r\n"]))
+    lines: list[str] = []
+
+    def entry_line(key: str, value: str) -> str:
+        key = draw(random_case(key)) if draw(st.booleans()) else key
+        return (
+            draw(MAYBE_SPACE) + key + draw(MAYBE_SPACE) + "=" + draw(MAYBE_SPACE) + value + draw(MAYBE_SPACE)
+        )
+
+    def comment_or_blank() -> None:
+        if draw(st.booleans()):
+            comment = draw(st.sampled_from(["#", ";", "  # ", "\t;"])) + draw(NOISE)
+            lines.append(comment if draw(st.booleans()) else draw(MAYBE_SPACE))
+
+    refused, written = bool(preamble), ""
+    key_url: str | None = None
+    ids: set[str] = set()
+    lines.extend(entry_line(*entry) for entry in preamble)
+    for section, entries in sections:
+        comment_or_blank()
+        lines.append(draw(MAYBE_SPACE) + f"[{section}]" + draw(MAYBE_SPACE))
+        refused = refused or section.lower() == "main" or section in ids or " " in section
+        ids.add(section)
+        baseurl, enabled = None, "1"
+        for key, value in entries:
+            comment_or_blank()
+            lines.append(entry_line(key, value))
+            flag = BOOLS.get(value.lower())
+            if key in ("gpgcheck", "pkg_gpgcheck", "enabled"):
+                refused = refused or flag is None
+                enabled = flag if key == "enabled" and flag else enabled
+            elif key in CHECKS:
+                refused = refused or flag != "1"
+            elif key in ("mirrorlist", "metalink"):
+                refused = True
+            elif key == "baseurl":
+                refused = refused or not nvidia_url(value)
+                baseurl = value
+            elif key == "gpgkey":
+                refused = refused or not nvidia_url(value) or key_url not in (None, value)
+                key_url = key_url or value
+        refused = refused or baseurl is None
+        written += pinned_section(section, baseurl or "", enabled)
+    refused = refused or key_url is None
+    return end.join(lines) + draw(st.sampled_from(["", end])), None if refused else written, key_url
+
+
+@TOOLKIT_PROPERTY
+@given(case=dnf_repos(), key_matches=st.sampled_from([True, True, True, False]))
+def test_toolkit_generated_dnf_repos(
+    toolkit_host: Host, case: tuple[str, str | None, str | None], key_matches: bool
+) -> None:
+    """Whatever the .repo says, what is written has gpgcheck=1, repo_gpgcheck=1, sslverify=1, the pinned key as a
+    local file and baseurls under REPO_URL only; the key is imported only once its fingerprint matched."""
+    host = toolkit_host
+    repo, expected, key_url = case
+    forget_toolkit(host)
+    host.set_os("rocky9")
+    serve(host, repo=repo)
+    host.env["STUB_GPG_FPR"] = FINGERPRINT if key_matches else "1" * 40
+    result = host.run("install-toolkit", TOOLKIT_ACTION="install")
+    event("written" if expected and key_matches else "refused: key" if expected else "refused: .repo")
+    if expected is None or not key_matches:
+        assert_refused(host, result)
+        if expected is None:
+            assert not host.called("gpg"), "no key is downloaded or read for a refused .repo"
+        return
+    assert key_url is not None
+    assert result.returncode == 0, result.stderr
+    written = (host.root / DNF_REPO).read_text()
+    assert written == expected
+    parsed = configparser.ConfigParser(interpolation=None)
+    parsed.read_string(written)
+    for section in parsed.sections():
+        assert dict(parsed[section]) | {"name": "", "baseurl": "", "enabled": ""} == {
+            "name": "",
+            "baseurl": "",
+            "enabled": "",
+            "gpgcheck": "1",
+            "repo_gpgcheck": "1",
+            "gpgkey": f"file://{RPM_KEY}",
+            "sslverify": "1",
+        }
+        assert nvidia_url(parsed[section]["baseurl"])
+    assert (host.root / RPM_KEY[1:]).read_text() == served_key(key_url)
+    assert host.called("rpm --import") == [f"rpm --import {host.root}{RPM_KEY}"]
+    assert_key_checked_before_import(host, key_url)
+    assert written_paths_under_root(host) == {"etc/os-release", DNF_REPO, RPM_KEY[1:]}
 
 
 # --- install-driver ------------------------------------------------------------------------------
@@ -723,10 +1342,10 @@ def test_verify_gpu_failures(host: Host) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
 def test_prepare_dirs_owner_and_mode(host: Host) -> None:
     (host.root / "srv").mkdir(mode=0o755)
-    dirs = "/srv/models/hf\n\n/var/lib/gpu-deploy/cache\n"
-    result = host.run("prepare-dirs", DIRS=dirs, OWNER="1001:1002")
+    dirs = "/srv/models/hf\n\n/srv/cache/gpu-deploy\n"
+    result = host.run("prepare-dirs", ROOT="/srv", DIRS=dirs, OWNER="1001:1002")
     assert result.returncode == 0, result.stderr
-    for rel in ("srv/models/hf", "var/lib/gpu-deploy/cache"):
+    for rel in ("srv/models/hf", "srv/cache/gpu-deploy"):
         info = (host.root / rel).stat()
         assert (info.st_uid, info.st_gid) == (1001, 1002)
         assert stat.S_IMODE(info.st_mode) == 0o750
@@ -736,13 +1355,13 @@ def test_prepare_dirs_owner_and_mode(host: Host) -> None:
         assert not path.stat().st_mode & stat.S_IWOTH, path
 
     (host.root / "srv/models/hf/model.bin").write_text("weights")
-    again = host.run("prepare-dirs", DIRS=dirs, OWNER="1001:1002")
+    again = host.run("prepare-dirs", ROOT="/srv", DIRS=dirs, OWNER="1001:1002")
     assert again.returncode == 0, again.stderr
     assert "already 1001:1002 mode 750" in again.stderr
     assert (host.root / "srv/models/hf/model.bin").read_text() == "weights"
 
     (host.root / "srv/models/hf").chmod(0o777)  # drift is repaired, not widened
-    fixed = host.run("prepare-dirs", DIRS="/srv/models/hf", OWNER="1001:1002", MODE="0755")
+    fixed = host.run("prepare-dirs", ROOT="/srv", DIRS="/srv/models/hf", OWNER="1001:1002", MODE="0755")
     assert fixed.returncode == 0, fixed.stderr
     assert stat.S_IMODE((host.root / "srv/models/hf").stat().st_mode) == 0o755
 
@@ -763,7 +1382,7 @@ def test_prepare_dirs_makes_existing_contents_the_owners(host: Host, tmp_path: P
     outside.chmod(0o600)
     (data / "escape").symlink_to(outside)
 
-    result = host.run("prepare-dirs", DIRS="/srv/app/data", OWNER="1001:1002")
+    result = host.run("prepare-dirs", ROOT="/srv/app", DIRS="/srv/app/data", OWNER="1001:1002")
     assert result.returncode == 0, result.stderr
     assert "re-owned 4 existing entries to 1001:1002, made 3 owner-writable" in result.stderr
     for path in [data / "app.db", data / "sub", data / "sub/shared.log"]:
@@ -777,7 +1396,7 @@ def test_prepare_dirs_makes_existing_contents_the_owners(host: Host, tmp_path: P
     target = outside.stat()
     assert (target.st_uid, stat.S_IMODE(target.st_mode)) == (0, 0o600)
 
-    again = host.run("prepare-dirs", DIRS="/srv/app/data", OWNER="1001:1002")
+    again = host.run("prepare-dirs", ROOT="/srv/app", DIRS="/srv/app/data", OWNER="1001:1002")
     assert again.returncode == 0 and "existing entries" not in again.stderr
 
 
@@ -797,10 +1416,14 @@ def test_prepare_dirs_makes_existing_contents_the_owners(host: Host, tmp_path: P
         ({"DIRS": "/srv/x", "MODE": "0752"}, "world-writable"),
         ({"DIRS": "/srv/x", "MODE": "u+rwx"}, "MODE"),
         ({"DIRS": "/srv/x", "MODE": "1777"}, "MODE"),
+        ({"DIRS": "/srv/x", "ROOT": ""}, "ROOT must be an absolute directory"),
+        ({"DIRS": "/srv/x", "ROOT": "/"}, "ROOT must be an absolute directory"),
+        ({"DIRS": "/etc/ssh", "ROOT": "/srv"}, "outside the stack's root /srv"),
+        ({"DIRS": "/srv2/x", "ROOT": "/srv"}, "outside the stack's root /srv"),
     ],
 )
 def test_prepare_dirs_refuses_bad_input(host: Host, env: dict[str, str], word: str) -> None:
-    variables = {"OWNER": "1001:1001", **env}
+    variables = {"OWNER": "1001:1001", "ROOT": "/srv", **env}
     assert_fails(host.run("prepare-dirs", **variables), 19, word)
     assert written_paths_under_root(host) == {"etc/os-release"}
     assert sorted(p.name for p in host.root.iterdir()) == ["etc"]
@@ -809,7 +1432,7 @@ def test_prepare_dirs_refuses_bad_input(host: Host, env: dict[str, str], word: s
 def test_prepare_dirs_refuses_a_file(host: Host) -> None:
     (host.root / "srv").mkdir()
     (host.root / "srv/data").write_text("x")
-    assert_fails(host.run("prepare-dirs", DIRS="/srv/data", OWNER="0:0"), 19, "not a directory")
+    assert_fails(host.run("prepare-dirs", ROOT="/srv", DIRS="/srv/data", OWNER="0:0"), 19, "not a directory")
     assert (host.root / "srv/data").read_text() == "x"
 
 
@@ -905,3 +1528,29 @@ def test_run_verified_refuses_a_link_or_a_file_of_another_user(runner: Runner, t
 )
 def test_run_verified_refuses_bad_parameters(runner: Runner, env: dict[str, str], word: str) -> None:
     assert_fails(runner.run(env["RUNNER_FILES"], "true"), 19, word)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_prepare_dirs_never_follows_a_planted_symlink(host: Host, tmp_path: Path) -> None:
+    """A nested volume (data/models) whose parent the container user owns: the user replaced models with
+    a link to a system directory. Nothing is created, re-owned or re-moded through it."""
+    outside = tmp_path / "etc-like"
+    outside.mkdir()
+    outside.chmod(0o755)
+    data = host.root / "srv/app/data"
+    data.mkdir(parents=True)
+    (data / "models").symlink_to(outside)
+    result = host.run(
+        "prepare-dirs", ROOT="/srv/app", DIRS="/srv/app/data\n/srv/app/data/models", OWNER="1001:1001"
+    )
+    assert_fails(result, 19, "/srv/app/data/models is a symlink")
+    info = outside.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o755), "the link's target is untouched"
+    (data / "models").unlink()
+    (host.root / "srv/app").rename(host.root / "srv/real-app")
+    (host.root / "srv/app").symlink_to(host.root / "srv/real-app")
+    assert_fails(
+        host.run("prepare-dirs", ROOT="/srv/app", DIRS="/srv/app/data", OWNER="1001:1001"),
+        19,
+        "must be a real directory",
+    )
