@@ -41,9 +41,18 @@ works.
 
 Behaviour: checks run in order. Every check is retried every ``--interval`` seconds until it
 passes or the overall ``--deadline`` (measured from start, for all checks together) would pass
-before the next attempt. Each check always gets at least one attempt. HTTP requests time out
-after min(10, remaining) seconds (at least 1 s); proxies from the environment are ignored. The
-result of the LAST attempt decides the exit code.
+before the next attempt. Each check always gets at least one attempt. An attempt ends after
+min(10, remaining) seconds, all of it: connecting, redirects, the headers and the whole body, so a
+server that trickles its answer byte by byte is cut off there too. Only a check's first attempt
+may run past the deadline: it gets at least 1 s. Proxies from the environment are ignored. The
+result of the LAST attempt decides the exit code, unless the deadline cut that attempt short (a
+retry left with under 1 s that timed out): then the attempt before it decides.
+
+Every request stays on the origin of ``--base-url`` (same scheme, host and port; http or https):
+a redirect anywhere else is not followed (so request headers such as ``Authorization`` never
+leave the service) and an absolute URL in a path (``scheme:...`` or ``//host/...``, written in
+the checks or filled in from a saved response) that points elsewhere is not requested. Either
+fails the check at once with exit 3, naming the refused URL (masked).
 
 Exit codes (1-4 as in the reference smoke-test.sh):
   0  all checks passed
@@ -59,20 +68,28 @@ Exit codes (1-4 as in the reference smoke-test.sh):
      with "timeout")
 
 Output: one ``PASS ...`` line per passed check on stdout; on failure ONE ``FAIL ...`` line on
-stderr naming the check and the last response (status and first 300 characters of the body),
-with values of secret-looking keys (authorization, token, password, secret, key, ...) masked
-as ``***``. ``--verbose`` adds one stderr line per failed attempt.
+stderr naming the check and the last response (status and first 300 characters of the body).
+Credentials are masked as ``***`` wherever they appear in it (the check's path, the reason, the
+body, command output): values of secret-looking keys (authorization, token, password, secret,
+key, ...) in JSON at any depth, ``name=value`` / ``name: value`` pairs with such names in any
+text (``token=...``, ``Authorization: Bearer ...``, also inside JSON strings), and the user info
+of URLs (``http://user:pass@host`` -> ``http://***@host``). ``--verbose`` adds one stderr line
+per failed attempt, masked the same way.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import http.client
 import json
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -95,11 +112,12 @@ MIN_PYTHON = (3, 8)
 DEFAULT_DEADLINE = 180.0
 DEFAULT_INTERVAL = 2.0
 MAX_REQUEST_TIMEOUT = 10.0
-MIN_ATTEMPT_TIMEOUT = 1.0
+MIN_ATTEMPT_TIMEOUT = 1.0  # a check's first attempt, even when the deadline has passed
 MAX_COMMAND_TIMEOUT = 60.0
 BODY_SNIPPET = 300
 MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_GPU_COMMAND = ("nvidia-smi",)
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 JSON_TYPES = ("string", "number", "integer", "boolean", "object", "array", "any")
 SECRET_WORDS = ("authorization", "token", "password", "passwd", "secret", "key", "cookie", "credential")
@@ -147,7 +165,7 @@ class HttpCheck:
     save_as: str | None = None
 
     def label(self) -> str:
-        return f"http {self.method} {mask_url(self.path)}"
+        return f"http {self.method} {one_line(mask_url(self.path))}"
 
 
 @dataclass(frozen=True)
@@ -155,7 +173,7 @@ class FileCheck:
     path: str
 
     def label(self) -> str:
-        return f"file {mask_url(self.path)}"
+        return f"file {one_line(mask_url(self.path))}"
 
 
 @dataclass(frozen=True)
@@ -163,7 +181,7 @@ class GpuCheck:
     command: tuple[str, ...] = DEFAULT_GPU_COMMAND
 
     def label(self) -> str:
-        return "gpu " + shlex.join(self.command)
+        return "gpu " + one_line(mask_url(shlex.join(self.command)))
 
 
 if TYPE_CHECKING:
@@ -181,7 +199,8 @@ class Outcome:
     status: int | None = None
     body: str | None = None
     saved: Any = None
-    final: bool = False  # retrying cannot help (missing tool, unfillable template)
+    final: bool = False  # retrying cannot help (missing tool, unfillable template, another origin)
+    timed_out: bool = False  # the attempt ran out of time (its request or command timed out)
 
     @property
     def ok(self) -> bool:
@@ -269,16 +288,18 @@ def validate_json(body: Any, spec: dict[str, str]) -> list[str]:
 
 
 def validate_equals(body: Any, expected: dict[str, Any]) -> list[str]:
-    """Problems with a parsed JSON body against {"dotted.field": exact value}; e.g. {"cuda": true}."""
-    return _field_problems(
-        body,
-        expected,
-        lambda dotted, value, wanted: (
-            None
-            if value == wanted and isinstance(value, bool) == isinstance(wanted, bool)
-            else f"field '{dotted}' is {json.dumps(value)}, expected {json.dumps(wanted)}"
-        ),
-    )
+    """Problems with a parsed JSON body against {"dotted.field": exact value}; e.g. {"cuda": true}.
+
+    Values of fields on a secret-looking path ("auth.token") are not shown."""
+
+    def mismatch(dotted: str, value: Any, wanted: Any) -> str | None:
+        if value == wanted and isinstance(value, bool) == isinstance(wanted, bool):
+            return None
+        if any(is_secret_name(part) for part in dotted.split(".")):
+            return f"field '{dotted}' is not the expected value (a secret-looking field: values not shown)"
+        return f"field '{dotted}' is {json.dumps(value)}, expected {json.dumps(wanted)}"
+
+    return _field_problems(body, expected, mismatch)
 
 
 def is_secret_name(name: str) -> bool:
@@ -287,43 +308,62 @@ def is_secret_name(name: str) -> bool:
 
 
 def mask_json(value: Any) -> Any:
-    """A copy of parsed JSON with values of secret-looking keys replaced by "***"."""
+    """A copy of parsed JSON with values of secret-looking keys replaced by "***" and every other
+    string (keys included) masked as free text (mask_url)."""
     if isinstance(value, dict):
-        return {k: "***" if is_secret_name(str(k)) else mask_json(v) for k, v in value.items()}
+        return {mask_url(str(k)): "***" if is_secret_name(str(k)) else mask_json(v) for k, v in value.items()}
     if isinstance(value, list):
         return [mask_json(v) for v in value]
+    if isinstance(value, str):
+        return mask_url(value)
     return value
 
 
 _SECRET_NAME = r"[\w.-]*(?:" + "|".join(SECRET_WORDS) + r")[\w.-]*"
+# name=value / name: value / "name": "value" with a secret-looking name. An unquoted value runs to
+# whitespace, '&', a quote or '<>' (over-masking a trailing ',' or ';' rather than leaking a part).
 _SECRET_TEXT = re.compile(
-    r"(?P<q>[\"']?)(?P<name>" + _SECRET_NAME + r")(?P=q)(?P<sep>\s*[:=]\s*)"
-    r"(?P<value>\"(?:[^\"\\]|\\.)*\"?|'[^']*'?|(?:(?:Bearer|Basic|Token|Digest)\s+)?[^\s,&;}\]\"'<>]+)",
-    re.IGNORECASE,
+    r"(?P<q>\\?[\"']?)(?P<name>" + _SECRET_NAME + r")(?P=q)(?P<sep>\s*[:=]\s*)"
+    r"(?P<value>\"(?:[^\"\\]|\\.)*\"?"  # "double-quoted", escapes included
+    r"|\\\"(?:(?!\\\").)*(?:\\\")?"  # \"quoted inside a JSON string\" (truncated JSON)
+    r"|'[^']*'?"  # 'single-quoted'
+    r"|(?:(?:Bearer|Basic|Token|Digest)\s+)?[^\s&\"'<>]+)",
+    re.IGNORECASE | re.DOTALL,
 )
+# scheme://user:password@host (also JSON-escaped :\/\/): everything up to the last '@' of the authority.
+_USERINFO = re.compile(r"(?P<slashes>//|\\/\\/)[^/?#\s]*@")
 
 
 def _mask_text_match(match: re.Match[str]) -> str:
     value = match.group("value")
-    masked = '"***"' if value.startswith('"') else "'***'" if value.startswith("'") else "***"
+    masked = (
+        '"***"'
+        if value.startswith('"')
+        else '\\"***\\"'
+        if value.startswith('\\"')
+        else "'***'"
+        if value.startswith("'")
+        else "***"
+    )
     return match.group("q") + match.group("name") + match.group("q") + match.group("sep") + masked
 
 
+def mask_url(text: str) -> str:
+    """Mask credentials in free text (a URL, a path, a message, a form or header dump): the user
+    info of URLs and the values of secret-looking name=value / name: value pairs."""
+    return _SECRET_TEXT.sub(_mask_text_match, _USERINFO.sub(r"\g<slashes>***@", text))
+
+
 def mask_text(text: str) -> str:
-    """Mask secret-looking values in text: JSON is parsed and re-serialised, anything else
-    (truncated JSON, form data, header dumps) is masked by pattern."""
+    """Mask credentials in a body: JSON is parsed, masked (mask_json) and re-serialised, anything
+    else (truncated JSON, HTML, form data, header dumps) is masked as free text (mask_url)."""
     try:
         parsed = json.loads(text)
-    except ValueError:
-        return _SECRET_TEXT.sub(_mask_text_match, text)
-    if isinstance(parsed, (dict, list)):
-        return json.dumps(mask_json(parsed), ensure_ascii=False)
-    return text
-
-
-def mask_url(url: str) -> str:
-    """Mask secret-looking query parameters and user:password@ in a URL or path."""
-    return _SECRET_TEXT.sub(_mask_text_match, re.sub(r"//([^/@\s]+)@", "//***@", url))
+        if isinstance(parsed, (dict, list)):
+            return json.dumps(mask_json(parsed), ensure_ascii=False)
+    except (ValueError, RecursionError):
+        pass
+    return mask_url(text)
 
 
 def one_line(text: str) -> str:
@@ -367,9 +407,41 @@ def render_template(template: str, saved: dict[str, Any]) -> str:
 
 
 def join_url(base_url: str, path: str) -> str:
-    if re.match(r"^https?://", path, re.IGNORECASE):
+    """The URL a check's path names. An absolute URL (``scheme:...``, as RFC 3986 reads it: a
+    relative path never has a ':' in its first segment) stands as it is and a network-path
+    reference (``//host/x``) takes base_url's scheme; the caller holds either to the service's
+    origin (url_origin). Anything else is a path under base_url."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", path):
         return path
+    if path.startswith("//"):
+        return base_url.split("//", 1)[0] + path
     return base_url.rstrip("/") + "/" + path.lstrip("/")
+
+
+# scheme://host[:port] followed by the end or one of "/?#", exactly where urllib.request splits off
+# the host it connects to. No user info, no percent-encoding, no whitespace: such a URL has no origin.
+_ORIGIN = re.compile(
+    r"(?P<scheme>https?)://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(?P<port>[0-9]{1,5}))?(?=[/?#]|\Z)",
+    re.IGNORECASE,
+)
+
+
+def url_origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an absolute http(s) URL; None for anything else (other schemes,
+    relative references, user info, odd characters in the host)."""
+    match = _ORIGIN.match(url)
+    if match is None:
+        return None
+    scheme = match.group("scheme").lower()
+    port = int(match.group("port")) if match.group("port") else DEFAULT_PORTS[scheme]
+    return scheme, match.group("host").lower(), port
+
+
+def origin_text(origin: tuple[str, str, int] | None) -> str:
+    if origin is None:
+        return "(none: the base URL is not an http(s) URL of a host)"
+    scheme, host, port = origin
+    return f"{scheme}://{host}:{port}"
 
 
 # --------------------------------------------------------------------------- parsing checks
@@ -495,34 +567,192 @@ class HttpResponse:
 
 
 class Unreachable(Exception):
-    """No HTTP answer: refused, timed out, reset, not HTTP."""
+    """No (complete) HTTP answer in time: refused, timed out, reset, not HTTP."""
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+class OffOrigin(Exception):
+    """The service redirected to another origin (scheme, host or port); the redirect was not followed."""
+
+    def __init__(self, target: str, status: int) -> None:
+        super().__init__(f"redirect ({status}) to {target}")
+        self.target = target
+        self.status = status
+
+
+class _Watch:
+    """One request's socket, so that the thread waiting for the request can cut it off in time."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._expired = False
+        self.status: int | None = None  # set once the status line and headers are in
+
+    def attach(self, sock: socket.socket | None) -> None:
+        with self._lock:
+            self._sock = sock
+            if self._expired and sock is not None:
+                _shut(sock)
+
+    def expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            if self._sock is not None:
+                _shut(self._sock)
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut a socket down at the TCP level (under TLS too): a read blocked on it returns at once."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+_WORKER = threading.local()  # .watch: the _Watch of the request this thread is making
+
+
+def _attach_socket(sock: socket.socket | None) -> None:
+    watch = getattr(_WORKER, "watch", None)
+    if watch is not None:
+        watch.attach(sock)
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _attach_socket(self.sock)
+
+
+class _WatchedHTTPHandler(urllib.request.HTTPHandler):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(_WatchedHTTPConnection, req)
+
+
+_HANDLERS: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({}), _WatchedHTTPHandler()]
+
+if hasattr(http.client, "HTTPSConnection") and hasattr(urllib.request, "HTTPSHandler"):  # Python with ssl
+
+    class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            _attach_socket(self.sock)
+
+    class _WatchedHTTPSHandler(urllib.request.HTTPSHandler):
+        def do_open(
+            self, http_class: Any, req: urllib.request.Request, **http_conn_args: Any
+        ) -> http.client.HTTPResponse:
+            return super().do_open(_WatchedHTTPSConnection, req, **http_conn_args)
+
+    _HANDLERS.append(_WatchedHTTPSHandler())
+
+
+def _redirect_target(req: urllib.request.Request, headers: Any) -> str | None:
+    for name in ("location", "uri"):  # as HTTPRedirectHandler reads them
+        if name in headers:
+            return urllib.parse.urljoin(req.full_url, str(headers[name]))
+    return None
+
+
+class _RedirectWithinOrigin(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to the origin (scheme, host, port) of the request it answers, so the
+    request's headers (Authorization, API keys) never go anywhere else; any other target, another
+    scheme such as file: or ftp: included, raises OffOrigin before urllib looks at it."""
+
+    def _check(self, req: urllib.request.Request, target: str | None, code: int, fp: Any) -> None:
+        if target is None:
+            return
+        origin = url_origin(req.full_url)
+        if origin is None or url_origin(target) != origin:
+            fp.close()
+            raise OffOrigin(target, code)
+
+    def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any) -> Any:
+        self._check(req, _redirect_target(req, headers), code, fp)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+    def redirect_request(  # noqa: PLR0917 (urllib's signature)
+        self, req: urllib.request.Request, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> urllib.request.Request | None:
+        self._check(req, newurl, code, fp)  # the URL exactly as urllib would request it
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(*_HANDLERS, _RedirectWithinOrigin())
 
 
 def http_request(
     url: str, method: str, body: bytes | None, headers: dict[str, str], timeout: float
 ) -> HttpResponse:
-    """One HTTP request; any status is returned, transport failures raise Unreachable."""
-    if not re.match(r"^https?://", url, re.IGNORECASE):
+    """One HTTP request, all of it within `timeout` seconds: connecting, redirects within the URL's
+    origin, the headers and the whole body (a server trickling its answer is cut off too). Any
+    status is returned; transport failures and the timeout raise Unreachable, a redirect to another
+    origin raises OffOrigin."""
+    if url_origin(url) is None:
         raise Unreachable(f"unsupported URL {url!r}")
     request = urllib.request.Request(url, data=body, headers=headers, method=method)  # noqa: S310
+    watch = _Watch()
+    result: list[HttpResponse | Exception] = []
+    worker = threading.Thread(
+        target=_request_in_thread, args=(request, timeout, watch, result), name="smoke-http", daemon=True
+    )
+    worker.start()
+    worker.join(timeout)
+    if not result:
+        watch.expire()  # the worker's read fails at once and it ends; its answer is not waited for
+        if watch.status is not None:
+            raise Unreachable(
+                f"timed out after {timeout:.1f}s: status {watch.status} came, the body did not finish",
+                timed_out=True,
+            )
+        raise Unreachable(f"timed out after {timeout:.1f}s", timed_out=True)
+    answer = result[0]
+    if isinstance(answer, Exception):
+        raise answer
+    return answer
+
+
+def _request_in_thread(
+    request: urllib.request.Request,
+    timeout: float,
+    watch: _Watch,
+    result: list[HttpResponse | Exception],
+) -> None:
+    _WORKER.watch = watch
+    try:
+        # The socket's own timeout is a little longer than the waiting thread's, which decides.
+        result.append(_request(request, timeout + 0.5, watch))
+    except Exception as error:  # handed to the waiting thread
+        result.append(error)
+
+
+def _request(request: urllib.request.Request, timeout: float, watch: _Watch) -> HttpResponse:
     try:
         with _OPENER.open(request, timeout=timeout) as response:
+            watch.status = response.status
             return HttpResponse(response.status, _read_capped(response))
     except urllib.error.HTTPError as error:
+        watch.status = error.code
         try:
             data = _read_capped(error)
         except (OSError, ValueError):
             data = b""
         return HttpResponse(error.code, data)
     except urllib.error.URLError as error:
-        raise Unreachable(str(error.reason)) from error
+        raise Unreachable(str(error.reason), timed_out=_is_timeout(error.reason)) from error
     except TimeoutError as error:
-        raise Unreachable(f"timed out after {timeout:.1f}s") from error
+        raise Unreachable(f"timed out after {timeout:.1f}s", timed_out=True) from error
     except (OSError, ValueError) as error:  # resets, http.client.HTTPException subclasses
-        raise Unreachable(f"{type(error).__name__}: {error}") from error
+        raise Unreachable(f"{type(error).__name__}: {error}", timed_out=_is_timeout(error)) from error
+
+
+def _is_timeout(error: object) -> bool:
+    """TimeoutError, or socket.timeout (not yet an alias of it on Python 3.8 and 3.9)."""
+    return isinstance(error, (TimeoutError, getattr(socket, "timeout", TimeoutError)))
 
 
 def _read_capped(response: Any) -> bytes:
@@ -534,6 +764,7 @@ def _read_capped(response: Any) -> bytes:
 class CommandResult:
     returncode: int
     output: str
+    timed_out: bool = False
 
 
 class ToolMissing(Exception):
@@ -555,7 +786,7 @@ def run_command(argv: Sequence[str], timeout: float) -> CommandResult:
     except subprocess.TimeoutExpired as error:
         out = (error.stdout or b"") + (error.stderr or b"")
         text = out.decode("utf-8", "replace") if isinstance(out, bytes) else str(out)
-        return CommandResult(124, f"timed out after {timeout:.1f}s {text}".strip())
+        return CommandResult(124, f"timed out after {timeout:.1f}s {text}".strip(), timed_out=True)
     text = (proc.stderr + proc.stdout).decode("utf-8", "replace")
     return CommandResult(proc.returncode, text)
 
@@ -595,6 +826,7 @@ class SmokeRunner:
     ) -> None:
         self.checks = list(checks)
         self.base_url = base_url
+        self.origin = url_origin(base_url)
         self.deadline = deadline
         self.interval = interval
         self.container = container
@@ -631,11 +863,13 @@ class SmokeRunner:
     def _run_check(self, check: Check) -> int:
         started = self.clock()
         attempts = 0
-        label = check.label()
+        decisive: tuple[Outcome, str] | None = None  # the last attempt the deadline did not cut short
         while True:
             attempts += 1
             remaining = self.deadline_at - self.clock()
-            outcome, label = self._attempt(check, max(remaining, MIN_ATTEMPT_TIMEOUT))
+            # Only a check's first attempt may run past the deadline (it gets MIN_ATTEMPT_TIMEOUT).
+            budget = max(remaining, MIN_ATTEMPT_TIMEOUT) if decisive is None else max(remaining, 0.0)
+            outcome, label = self._attempt(check, budget)
             if outcome.ok:
                 if isinstance(check, HttpCheck) and check.save_as:
                     self.saved[check.save_as] = outcome.saved
@@ -644,6 +878,10 @@ class SmokeRunner:
                 tries = f" ({attempts} attempts)" if attempts > 1 else ""
                 print(f"PASS {label}{status} in {took:.1f}s{tries}", file=self.out, flush=True)
                 return EXIT_OK
+            if decisive is not None and outcome.timed_out and budget < MIN_ATTEMPT_TIMEOUT:
+                outcome, label = decisive  # the deadline cut this retry short: the attempt before decides
+            else:
+                decisive = outcome, label
             remaining = self.deadline_at - self.clock()
             if outcome.final or remaining <= self.interval:
                 code = EXIT_FOR_KIND[outcome.kind]
@@ -651,7 +889,7 @@ class SmokeRunner:
                 return code
             if self.verbose:
                 print(
-                    f"retry {label}: {one_line(outcome.reason)} ({remaining:.0f}s left)",
+                    f"retry {label}: {one_line(mask_text(outcome.reason))} ({remaining:.0f}s left)",
                     file=self.err,
                     flush=True,
                 )
@@ -662,11 +900,11 @@ class SmokeRunner:
         try:
             if isinstance(check, HttpCheck):
                 path = render_template(check.path, self.saved)
-                label = f"http {check.method} {mask_url(path)}"
+                label = f"http {check.method} {one_line(mask_url(path))}"
                 return self._attempt_http(check, path, min(MAX_REQUEST_TIMEOUT, budget)), label
             if isinstance(check, FileCheck):
                 path = render_template(check.path, self.saved)
-                label = f"file {mask_url(path)}"
+                label = f"file {one_line(mask_url(path))}"
                 return self._attempt_file(path, min(MAX_COMMAND_TIMEOUT, budget)), label
             return self._attempt_gpu(check, min(MAX_COMMAND_TIMEOUT, budget)), label
         except KeyError as error:
@@ -682,10 +920,20 @@ class SmokeRunner:
                 headers["Content-Type"] = "application/json"
         if check.json_spec is not None and not any(k.lower() == "accept" for k in headers):
             headers["Accept"] = "application/json"
+        url = join_url(self.base_url, path)
+        if self.origin is None or url_origin(url) != self.origin:
+            reason = f"refused to request a URL off the service's origin {origin_text(self.origin)}: {url}"
+            return Outcome(MALFORMED, reason, final=True)
         try:
-            response = self.http(join_url(self.base_url, path), check.method, data, headers, timeout)
+            response = self.http(url, check.method, data, headers, timeout)
         except Unreachable as error:
-            return Outcome(UNREACHABLE, f"no answer ({error})")
+            return Outcome(UNREACHABLE, f"no answer ({error})", timed_out=error.timed_out)
+        except OffOrigin as error:
+            reason = (
+                f"refused redirect ({error.status}) off the service's origin {origin_text(self.origin)}, "
+                f"not followed: {error.target}"
+            )
+            return Outcome(MALFORMED, reason, error.status, final=True)
         text = response.body[:MAX_BODY_BYTES].decode("utf-8", "replace")
         status = response.status
         if status not in check.status:
@@ -730,7 +978,7 @@ class SmokeRunner:
         if result.returncode == 0:
             return Outcome(OK)
         message = failure.format(container=self.container, code=result.returncode)
-        return Outcome(failed, message, body=result.output)
+        return Outcome(failed, message, body=result.output, timed_out=result.timed_out)
 
     # -- reporting
 
@@ -776,8 +1024,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def load_config(argv: Sequence[str]) -> tuple[argparse.Namespace, list[Check]]:
     args = build_parser().parse_args(list(argv))
-    if not re.match(r"^https?://[^/\s]+", args.base_url, re.IGNORECASE):
-        raise ConfigError(f"--base-url must be an http(s) URL, got {mask_url(args.base_url)!r}")
+    if url_origin(args.base_url) is None:
+        raise ConfigError(
+            f"--base-url must be an http(s) URL of a host and port, without user info, "
+            f"got {mask_url(args.base_url)!r}"
+        )
     if args.deadline <= 0 or args.interval < 0:
         raise ConfigError("--deadline must be > 0 and --interval >= 0")
     if args.checks_file == "-":  # from stdin: keeps request headers off the command line

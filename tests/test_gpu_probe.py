@@ -7,25 +7,31 @@ randn on 'cuda', synchronize).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
 import os
 import random
 import re
+import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = ROOT / "images" / "gpu-probe" / "server.py"
@@ -87,28 +93,52 @@ def get(url: str) -> tuple[int, str, str]:
         return err.code, err.headers["Content-Type"], err.read().decode()
 
 
+@dataclass
+class RunningProbe:
+    """server.py in a subprocess: its URL, process and log (its stderr)."""
+
+    base: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def threads(self) -> int:
+        """The server process's threads, as the kernel counts them."""
+        return len(os.listdir(f"/proc/{self.process.pid}/task"))
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="ascii", errors="backslashreplace")
+
+
 @contextmanager
-def probe(tmp_path: Path, machine: dict[str, Any] | None) -> Iterator[str]:
-    """Run server.py on a free port with the fake NVML first on PYTHONPATH; yield its base URL.
+def running_probe(
+    directory: Path, machine: dict[str, Any] | None, extra_env: dict[str, str] | None = None
+) -> Iterator[RunningProbe]:
+    """Run server.py on a free port with the fake NVML first on PYTHONPATH, wait for /health.
 
     `machine` None leaves FAKE_NVML_JSON unset: the fake's nvmlInit raises NVMLError_LibraryNotFound,
     like a host without the driver. A `torch` package that fails to import is put on the path too,
     so the answer is "torch not installed" even where torch happens to be installed.
     """
-    no_torch = tmp_path / "no-torch"
+    no_torch = directory / "no-torch"
     (no_torch / "torch").mkdir(parents=True, exist_ok=True)
     (no_torch / "torch" / "__init__.py").write_text("raise ImportError('torch hidden by the test')\n")
-    env = {k: v for k, v in os.environ.items() if k not in {"FAKE_NVML_JSON", "GPU_PROFILE", "PYTHONPATH"}}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"FAKE_NVML_JSON", "GPU_PROFILE", "PYTHONPATH"} and not k.startswith("PROBE_")
+    }
     port = free_port()
     env |= {
         "PYTHONPATH": os.pathsep.join([str(FAKE_NVML), str(no_torch)]),
         "HOST": "127.0.0.1",
         "PORT": str(port),
         "GPU_PROFILE": "test-profile",
+        **(extra_env or {}),
     }
     if machine is not None:
         env["FAKE_NVML_JSON"] = json.dumps(machine)
-    log_path = tmp_path / "server.log"
+    log_path = directory / "server.log"
     with log_path.open("a") as log:
         process = subprocess.Popen([sys.executable, str(SERVER)], env=env, stdout=log, stderr=log)
     base = f"http://127.0.0.1:{port}"
@@ -125,7 +155,7 @@ def probe(tmp_path: Path, machine: dict[str, Any] | None) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail(f"server did not answer /health:\n{log_path.read_text()}")
             time.sleep(0.05)
-        yield base
+        yield RunningProbe(base, port, process, log_path)
     finally:
         process.terminate()
         try:
@@ -135,6 +165,13 @@ def probe(tmp_path: Path, machine: dict[str, Any] | None) -> Iterator[str]:
             process.wait(timeout=10)
     # SIGTERM ends the server cleanly (it may run as PID 1 in a container).
     assert process.returncode == 0, log_path.read_text()
+
+
+@contextmanager
+def probe(tmp_path: Path, machine: dict[str, Any] | None) -> Iterator[str]:
+    """Run server.py (see running_probe); yield its base URL."""
+    with running_probe(tmp_path, machine) as running:
+        yield running.base
 
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
@@ -425,3 +462,244 @@ def test_gpu_report_combines_nvml_and_torch(fake_nvml: ModuleType, monkeypatch: 
     assert [gpu["name"] for gpu in report["gpus"]] == ["NVIDIA RTX A4000", "NVIDIA H100 PCIe"]
     assert report["cuda"] is True and report["reason"] is None
     json.dumps(report)
+
+
+# --- slow, idle and many clients; escaped logs: the real server over real sockets -----------------
+# Each server is a subprocess on 127.0.0.1 with a short PROBE_REQUEST_TIMEOUT; every client socket has
+# a timeout and every loop a bound, so nothing here waits on the server for long.
+
+GENERATED = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
+REQUEST = b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\nUser-Agent: test\r\n\r\n"
+needs_proc = pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+
+
+def connect(port: int, timeout: float = 5.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def read_until_closed(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    data = b""
+    while len(data) < limit:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def seconds_until_closed(sock: socket.socket) -> tuple[float, bytes]:
+    """Wait (bounded by the socket's timeout) for the server to close the connection."""
+    started = time.monotonic()
+    data = read_until_closed(sock)
+    return time.monotonic() - started, data
+
+
+@pytest.fixture(scope="module")
+def quick_probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningProbe]:
+    """One server with a 0.5 s request timeout, shared by the generated examples."""
+    directory = tmp_path_factory.mktemp("quick-probe")
+    with running_probe(directory, None, {"PROBE_REQUEST_TIMEOUT": "0.5"}) as running:
+        yield running
+
+
+def test_a_client_that_sends_nothing_is_dropped_after_the_request_timeout(tmp_path: Path) -> None:
+    with running_probe(tmp_path, None, {"PROBE_REQUEST_TIMEOUT": "1"}) as running:
+        with connect(running.port) as silent:
+            seconds, data = seconds_until_closed(silent)
+        assert data == b""
+        assert 0.8 <= seconds < 2.5, seconds
+        assert "Request timed out: TimeoutError('request not received within 1s')" in running.log_text()
+        assert get(f"{running.base}/health")[0] == 200  # and the probe carries on
+
+
+def test_a_trickling_client_gets_no_longer_than_a_silent_one(tmp_path: Path) -> None:
+    """A header line sent a byte every 0.1 s would take 6 s; the whole request gets 1 s."""
+    with running_probe(tmp_path, None, {"PROBE_REQUEST_TIMEOUT": "1"}) as running:
+        with connect(running.port) as client:
+            started = time.monotonic()
+            closed_after = None
+            for byte in b"GET /health HTTP/1.0\r\nX-Pad: " + b"p" * 40:
+                try:
+                    client.send(bytes([byte]))
+                except OSError:  # reset: the server has closed it
+                    closed_after = time.monotonic() - started
+                    break
+                readable, _, _ = select.select([client], [], [], 0.1)
+                if readable and client.recv(1) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+        assert closed_after is not None, "the trickle was let run to its end"
+        assert 0.8 <= closed_after < 2.0, closed_after
+        assert "request not received within 1s" in running.log_text()
+
+
+@settings(GENERATED, max_examples=10)
+@given(cut=st.integers(0, len(REQUEST) - 1), junk=st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")))
+def test_generated_incomplete_requests_are_dropped(quick_probe: RunningProbe, cut: int, junk: bytes) -> None:
+    """Any prefix of a request (plus bytes without a newline) never completes: the server closes the
+    connection once the request timeout has passed, without answering."""
+    with connect(quick_probe.port) as client:
+        client.sendall(REQUEST[:cut] + junk)
+        seconds, data = seconds_until_closed(client)
+    assert data == b""
+    assert 0.4 <= seconds < 1.5, seconds
+
+
+def wait_for_threads(running: RunningProbe, expected: int, within: float = 3.0) -> int:
+    deadline = time.monotonic() + within
+    while (count := running.threads()) != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return count
+
+
+class ThreadSampler:
+    """Samples the server's thread count every few milliseconds in the background; .peak is the most seen."""
+
+    def __init__(self, running: RunningProbe) -> None:
+        self.running = running
+        self.peak = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.done.wait(0.003):
+            self.peak = max(self.peak, self.running.threads())
+
+    def stop(self) -> int:
+        self.done.set()
+        self.thread.join(5)
+        return self.peak
+
+
+@pytest.fixture(scope="module")
+def bounded_probes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[int, RunningProbe]]:
+    """Servers allowing 1, 2 and 3 connections at once (request timeout 5 s: held ones stay held)."""
+    with contextlib.ExitStack() as stack:
+        probes = {
+            bound: stack.enter_context(
+                running_probe(
+                    tmp_path_factory.mktemp(f"bounded-{bound}"),
+                    None,
+                    {"PROBE_MAX_CONNECTIONS": str(bound), "PROBE_REQUEST_TIMEOUT": "5"},
+                )
+            )
+            for bound in (1, 2, 3)
+        }
+        yield probes
+
+
+@needs_proc
+@settings(GENERATED, max_examples=12)
+@given(bound=st.sampled_from([1, 2, 3]), held=st.integers(0, 10))
+def test_handler_threads_are_bounded_and_the_rest_wait(
+    bounded_probes: dict[int, RunningProbe], bound: int, held: int
+) -> None:
+    """`held` clients each hold a connection open (headers never end); a fresh request is answered
+    at once while fewer than `bound` are held, else it waits for one of them; the server process
+    never has more than 1 + bound threads (without the bound: 1 + held)."""
+    running = bounded_probes[bound]
+    sampler = ThreadSampler(running)
+    clients = [connect(running.port) for _ in range(held)]
+    try:
+        for client in clients:
+            client.sendall(b"GET /health HTTP/1.0\r\n")
+        if held >= bound:  # every pool thread busy, and no more of them
+            assert wait_for_threads(running, 1 + bound) == 1 + bound
+        time.sleep(0.1)
+        assert 1 + min(held, bound) <= running.threads() <= 1 + bound
+        with connect(running.port) as fresh:
+            fresh.sendall(REQUEST)
+            fresh.settimeout(0.3)
+            if held >= bound:  # queued behind the held ones, not answered
+                with pytest.raises(TimeoutError):
+                    fresh.recv(1)
+            else:
+                assert fresh.recv(16).startswith(b"HTTP/1.0 200")
+            for client in clients:  # finish the held requests: each is answered, and the queue moves on
+                client.sendall(b"\r\n")
+            for client in clients:
+                assert read_until_closed(client).startswith(b"HTTP/1.0 200 OK")
+            fresh.settimeout(5)
+            assert held < bound or read_until_closed(fresh).startswith(b"HTTP/1.0 200 OK")
+    finally:
+        for client in clients:
+            client.close()
+        peak = sampler.stop()
+    assert 1 <= peak <= 1 + bound, peak
+    assert running.threads() <= 1 + bound
+
+
+@needs_proc
+def test_many_silent_clients_never_make_many_threads(tmp_path: Path) -> None:
+    """12 silent clients, 3 at a time: each group is dropped at the 0.5 s timeout, then the next."""
+    extra = {"PROBE_MAX_CONNECTIONS": "3", "PROBE_REQUEST_TIMEOUT": "0.5"}
+    with running_probe(tmp_path, None, extra) as running:
+        sampler = ThreadSampler(running)
+        started = time.monotonic()
+        clients = [connect(running.port, timeout=10) for _ in range(12)]
+        try:
+            assert all(read_until_closed(client) == b"" for client in clients)
+        finally:
+            for client in clients:
+                client.close()
+        seconds = time.monotonic() - started
+        peak = sampler.stop()
+        assert peak <= 4, peak
+        assert 1.8 <= seconds < 5, seconds  # 4 rounds of 0.5 s, not one
+        assert get(f"{running.base}/health")[0] == 200
+
+
+def assert_log_is_safe(text: str) -> None:
+    """Every line is one log record: the prefix, then printable ASCII only."""
+    for line in text.splitlines():
+        assert line.startswith("gpu-probe "), line
+        assert re.fullmatch(r"[\x20-\x7e]*", line), line
+
+
+def test_control_characters_in_the_request_are_escaped_in_the_log(tmp_path: Path) -> None:
+    with running_probe(tmp_path, None) as running:
+        for raw in (
+            b"GET /a\x1b[31mred\x1b[0m HTTP/1.0\r\n\r\n",  # terminal escapes
+            b"GET /b\rforged HTTP/1.0\r\n\r\n",  # a carriage return inside the line
+            b"GET /c\nforged-line HTTP/1.0\r\n\r\n",  # a newline: ends the request line there
+            b"GET /d%0A\x00\x7f\x85\xe9\\ HTTP/1.0\r\n\r\n",
+            b"GET //[ HTTP/1.0\r\n\r\n",  # not a valid URL: answered, not a crash
+        ):
+            with connect(running.port) as client:
+                client.sendall(raw)
+                assert read_until_closed(client), raw  # answered (GET /c as HTTP/0.9: no status line)
+        text = running.log_text()
+    assert_log_is_safe(text)
+    assert r'"GET /a\x1b[31mred\x1b[0m HTTP/1.0" 404' in text
+    assert r'"GET /b\rforged HTTP/1.0" 400' in text
+    assert '"GET /c" 404' in text and "\nforged-line" not in text
+    assert r'"GET /d%0A\x00\x7f\x85\xe9\\ HTTP/1.0" 400' in text  # \x85 splits words: bad syntax
+    assert re.search(r'"GET //\[ HTTP/1\.0" (400|404) ', text)  # 404 where http.server folds "//" first
+
+
+@settings(GENERATED, max_examples=150)
+@given(path=st.binary(max_size=40))
+def test_generated_request_paths_are_logged_escaped(quick_probe: RunningProbe, path: bytes) -> None:
+    marker = f"/m{time.monotonic_ns()}-".encode()
+    raw = b"GET " + marker + path + b" HTTP/1.0\r\n\r\n"
+    with connect(quick_probe.port) as client:
+        client.sendall(raw)
+        client.shutdown(socket.SHUT_WR)
+        read_until_closed(client)
+    # what http.server takes as the request line: up to the first LF, trailing CR/LF stripped
+    requestline = raw.split(b"\n", 1)[0].decode("latin-1").rstrip("\r\n")
+    expected = server.log_safe(f'"{requestline}"')
+    deadline = time.monotonic() + 3
+    while expected not in (text := quick_probe.log_text()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert expected in text
+    assert_log_is_safe(text)
+
+
+@settings(GENERATED, max_examples=500)
+@given(text=st.text())
+def test_log_safe_is_printable_ascii_and_reversible(text: str) -> None:
+    escaped = server.log_safe(text)
+    assert re.fullmatch(r"[\x20-\x7e]*", escaped)
+    assert escaped.encode("ascii").decode("unicode_escape") == text

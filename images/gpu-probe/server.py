@@ -9,21 +9,34 @@
 
 Listens on $HOST:$PORT (default 0.0.0.0:8080). Needs nothing beyond the standard library; `pynvml`
 (nvidia-ml-py) and `torch` are used when importable.
+
+Slow or idle clients cannot pile up: a request line and headers not received within
+$PROBE_REQUEST_TIMEOUT seconds (default 10, trickled or not) end the connection, as does a send
+stalled that long. At most $PROBE_MAX_CONNECTIONS connections (default 16) are handled at once, on
+a pool of as many threads; further ones wait to be accepted until a thread is free. Everything
+logged to stderr is one line of printable ASCII: control and other non-printable characters in a
+request (a path with CR, LF, ESC, ...) are written as \\xNN, \\uNNNN or \\n, \\r, \\t escapes and
+a backslash as \\\\.
 """
 
 from __future__ import annotations
 
 import importlib
+import io
 import json
 import math
 import os
+import queue
+import re
 import signal
+import socket
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from types import FrameType, ModuleType
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +45,9 @@ MIB = 1024 * 1024
 MATMUL_SIZE = 1024
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 JSON_CONTENT_TYPE = "application/json"
+DEFAULT_REQUEST_TIMEOUT = 10.0  # seconds to receive a request line and headers; also per stalled send
+DEFAULT_MAX_CONNECTIONS = 16  # connections handled at once (a pool of threads); more wait to be accepted
+LISTEN_BACKLOG = 64
 
 # NVML's init/shutdown and the CUDA matmul are serialised: requests arrive on several threads.
 _NVML_LOCK = threading.Lock()
@@ -304,9 +320,77 @@ def render_metrics(facts: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_LOG_UNSAFE = re.compile(r"[^\x20-\x5b\x5d-\x7e]")  # all but printable ASCII; the backslash too
+_LOG_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _log_escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _LOG_ESCAPES:
+        return _LOG_ESCAPES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def log_safe(text: str) -> str:
+    """`text` as printable ASCII on one line: control characters (CR, LF, ESC, ...), other
+    non-printable or non-ASCII characters and the backslash itself written as Python escapes, so
+    a client cannot forge log lines or send terminal sequences to whoever reads the log."""
+    return _LOG_UNSAFE.sub(_log_escape, text)
+
+
+class _RequestReader(io.RawIOBase):
+    """The reading side of a connection with a deadline for the whole request (line and headers):
+    each read waits at most until then, so a client trickling a byte at a time gets no longer
+    than one that sends nothing."""
+
+    def __init__(self, sock: socket.socket, timeout: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._timeout = timeout
+        self.deadline = time.monotonic() + timeout
+
+    def restart(self) -> None:
+        self.deadline = time.monotonic() + self._timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise TimeoutError
+            self._sock.settimeout(remaining)
+            return self._sock.recv_into(buffer)
+        except TimeoutError:
+            raise TimeoutError(f"request not received within {self._timeout:g}s") from None
+
+
 class ProbeHandler(BaseHTTPRequestHandler):
     server_version = "gpu-probe/1.0"
     sys_version = ""
+    request_timeout = DEFAULT_REQUEST_TIMEOUT  # ProbeServer's, when it runs there
+    _reader: _RequestReader
+
+    def setup(self) -> None:
+        self.request_timeout = getattr(self.server, "request_timeout", self.request_timeout)
+        super().setup()
+        self.connection.settimeout(self.request_timeout)  # a stalled send ends the connection too
+        self.rfile.close()
+        self._reader = _RequestReader(self.connection, self.request_timeout)
+        self.rfile = io.BufferedReader(self._reader)
+
+    def handle_one_request(self) -> None:
+        # A read past the deadline raises TimeoutError, which the base class logs and ends the
+        # connection on, as it does for the socket timeout.
+        self._reader.restart()
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()
+        self.connection.settimeout(self.request_timeout)  # the request is in: each send gets it all
+        return parsed
 
     def _send(self, status: HTTPStatus, body: bytes, content_type: str) -> None:
         self.send_response(status)
@@ -320,7 +404,11 @@ class ProbeHandler(BaseHTTPRequestHandler):
         self._send(status, json.dumps(document).encode(), JSON_CONTENT_TYPE)
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        try:
+            path = urlsplit(self.path).path
+        except ValueError:  # e.g. "//[" (an unclosed IPv6 host)
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": "malformed request target"})
+            return
         try:
             if path == "/health":
                 self._send_json(HTTPStatus.OK, {"status": "ok"})
@@ -334,20 +422,117 @@ class ProbeHandler(BaseHTTPRequestHandler):
             self._send_json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(err).__name__}: {err}"})
 
     def log_message(self, format: str, *args: Any) -> None:
-        sys.stderr.write(f"gpu-probe {self.address_string()} {format % args}\n")
+        line = f"gpu-probe {log_safe(self.address_string())} {log_safe(format % args)}\n"
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
-def make_server(host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), ProbeHandler)
-    server.daemon_threads = True
-    return server
+class ProbeServer(HTTPServer):
+    """An HTTPServer handling connections on a fixed pool of `max_connections` threads: a
+    connection accepted while every thread is busy waits until one is free (further ones wait in
+    the listen queue), so the process never has more than 1 + max_connections threads however
+    many clients connect. Threads are started as needed, up to the pool's size, and then kept."""
+
+    request_queue_size = LISTEN_BACKLOG
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    ) -> None:
+        if max_connections < 1 or request_timeout <= 0:
+            raise ValueError("max_connections must be at least 1 and request_timeout above 0")
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self._work: queue.SimpleQueue[tuple[Any, Any] | None] = queue.SimpleQueue()
+        self._free = threading.Semaphore(0)  # pool threads waiting for a connection
+        self._workers: list[threading.Thread] = []
+        self._stopping = threading.Event()
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._free.acquire(blocking=False):
+            if len(self._workers) < self.max_connections:
+                worker = threading.Thread(target=self._work_loop, name="gpu-probe-handler", daemon=True)
+                worker.start()
+                self._workers.append(worker)
+            while not self._free.acquire(timeout=0.2):  # every thread busy: wait for one
+                if self._stopping.is_set():
+                    self.shutdown_request(request)
+                    return
+        self._work.put((request, client_address))
+
+    def _work_loop(self) -> None:
+        while True:
+            self._free.release()  # ready for the next connection
+            item = self._work.get()
+            if item is None:
+                return
+            request, client_address = item
+            try:
+                self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        super().server_close()
+        for _ in self._workers:
+            self._work.put(None)
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        super().shutdown()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One escaped log line instead of socketserver's multi-line dump: a broken connection as
+        its error, anything else with its traceback (newlines escaped too)."""
+        error = sys.exc_info()[1]
+        detail = f"{type(error).__name__}: {error}" if isinstance(error, OSError) else traceback.format_exc()
+        host = client_address[0] if isinstance(client_address, tuple) else client_address
+        sys.stderr.write(f"gpu-probe {log_safe(str(host))} error: {log_safe(detail.strip())}\n")
+        sys.stderr.flush()
+
+
+def make_server(
+    host: str,
+    port: int,
+    *,
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+) -> ProbeServer:
+    return ProbeServer(
+        (host, port), ProbeHandler, max_connections=max_connections, request_timeout=request_timeout
+    )
+
+
+def _env_number(name: str, default: float, convert: Callable[[str], float]) -> float:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = convert(raw)
+    except ValueError:
+        value = 0
+    if not (value > 0 and math.isfinite(value)):
+        raise SystemExit(f"gpu-probe: {name} must be a positive number, got {log_safe(raw)!r}")
+    return value
 
 
 def main() -> None:
     # A container service listens on every interface; HOST narrows it.
     host = os.environ.get("HOST", "0.0.0.0")  # noqa: S104
     port = int(os.environ.get("PORT", "8080"))
-    server = make_server(host, port)
+    server = make_server(
+        host,
+        port,
+        max_connections=int(_env_number("PROBE_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, int)),
+        request_timeout=_env_number("PROBE_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT, float),
+    )
 
     def stop(signum: int, frame: FrameType | None) -> None:
         # As PID 1 in a container, SIGTERM has no default action: exit on it so `docker stop` is quick.
@@ -355,7 +540,11 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     bound_host, bound_port = server.server_address[:2]
-    sys.stderr.write(f"gpu-probe listening on {bound_host!s}:{bound_port}\n")
+    sys.stderr.write(
+        f"gpu-probe listening on {log_safe(str(bound_host))}:{bound_port} (at most "
+        f"{server.max_connections} connections at once, request timeout {server.request_timeout:g}s)\n"
+    )
+    sys.stderr.flush()
     try:
         server.serve_forever()
     except KeyboardInterrupt:
