@@ -36,6 +36,7 @@ class SmokeSpec:
     checks: Sequence[dict[str, Any]]
     deadline_s: int = 180
     interval_s: int = 2
+    secret: bool = False  # the checks carry a credential (a header from secretEnv): stdin is a secret
 
     def arguments(self) -> list[str]:
         return [
@@ -66,7 +67,8 @@ class SmokeTest(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpu-deploy:ops:SmokeTest", name, None, opts)
-        checks = json.dumps(list(spec.checks), sort_keys=True)
+        text = json.dumps(list(spec.checks), sort_keys=True)
+        checks: pulumi.Input[str] = pulumi.Output.secret(text) if spec.secret else text
 
         if connection is None or runners is None:
             # The machine running Pulumi is the Docker host: run the runner from this checkout.

@@ -7,6 +7,7 @@ Validation finishes before any resource is registered.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 import math
@@ -576,6 +577,27 @@ class Healthcheck(Model):
         return self
 
 
+def header_refs(checks: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    """(check index, header, secretEnv name) for every `headers: {Name: {secretEnv: NAME}}`."""
+    refs = []
+    for index, check in enumerate(checks):
+        http = check.get("http") if isinstance(check, dict) else None
+        headers = http.get("headers") if isinstance(http, dict) else None
+        for header, value in (headers or {}).items() if isinstance(headers, dict) else []:
+            if isinstance(value, dict) and set(value) == {"secretEnv"}:
+                refs.append((index, str(header), str(value["secretEnv"])))
+    return refs
+
+
+def resolve_header_refs(checks: list[dict[str, Any]], values: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The checks with each `{secretEnv: NAME}` header value replaced by values[NAME]: the service's own
+    secret, so the key is written once (its secretEnv) and reaches the runner only on its stdin."""
+    resolved = copy.deepcopy(checks)
+    for index, header, name in header_refs(checks):
+        resolved[index]["http"]["headers"][header] = values[name]
+    return resolved
+
+
 def smoke_checks(checks: list[dict[str, Any]], *, gpu: bool) -> list[dict[str, Any]]:
     """The runner's checks for a target: `whenGpu` ones and GPU checks only where there is a GPU."""
     kept = [c for c in checks if gpu or not (c.get("whenGpu") or "gpu" in c)]
@@ -642,11 +664,23 @@ class Service(Model):
         for index, check in enumerate(checks):
             if not isinstance(check.get("whenGpu", False), bool):
                 raise _KeyedError(f"{index}.whenGpu", "expected true or false")
+        stand_in = resolve_header_refs(checks, {name: "[secretEnv]" for _, _, name in header_refs(checks)})
         try:
-            smoke.parse_checks(smoke_checks(checks, gpu=True))
+            smoke.parse_checks(smoke_checks(stand_in, gpu=True))
         except smoke.ConfigError as err:
             raise ValueError(f"not a smoke check list: {err}") from None
         return checks
+
+    @model_validator(mode="after")
+    def _header_refs_name_secret_env(self) -> Service:
+        for index, header, name in header_refs(self.smoke):
+            if name not in self.secret_env:
+                raise _KeyedError(
+                    "smoke",
+                    f"check #{index + 1} takes header {header} from secretEnv.{name}, which this service "
+                    f"does not have (secretEnv: {', '.join(sorted(self.secret_env)) or 'none'})",
+                )
+        return self
 
     @field_validator("depends_on", mode="before")
     @classmethod
@@ -998,6 +1032,7 @@ def _check_kubernetes_smoke(key: str, svc: Service) -> None:
             )
         headers = check["http"].get("headers") or {}
         secret = sorted(name for name in headers if smoke.is_secret_name(str(name)))
+        secret += [h for i, h, _ in header_refs([check]) if h not in secret]
         if secret:
             raise _KeyedError(
                 f"{key}.smoke",

@@ -338,7 +338,7 @@ def diff_plans(before: Mapping[str, Any], after: Mapping[str, Any], stack: str |
         if not moved:
             break
 
-    diff.data = data_notes(old, new, changes)
+    diff.data = data_notes(old, new, changes) + secret_notes(before, after, old, new, changes)
     order = {a: i for i, a in enumerate(ACTIONS)}
     diff.changes = sorted(changes.values(), key=lambda c: (order[c.action], c.type, c.name, c.urn))
     diff.unchanged = sum(1 for urn in both if urn not in changes)
@@ -389,6 +389,35 @@ def data_notes(
                 f"claim {name} is kept with its data (retainOnDelete)"
                 + ("; its replacement starts empty" if change.action == "replace" else "")
             )
+    return notes
+
+
+def secret_notes(
+    before: Mapping[str, Any],
+    after: Mapping[str, Any],
+    old: Mapping[str, Mapping[str, Any]],
+    new: Mapping[str, Mapping[str, Any]],
+    changes: dict[str, Change],
+) -> list[str]:
+    """A rotated secret is shown as "[secret]" on both sides of a plan; the plans' ciphertext digests say
+    it changed. A Docker container that takes it in its env is replaced with it (its env is ForceNew)."""
+    was, now = before.get("secrets") or {}, after.get("secrets") or {}
+    notes = []
+    for path in sorted(set(was) | set(now)):
+        if was.get(path) == now.get(path):
+            continue
+        verb = "is new" if path not in was else "is removed" if path not in now else "is rotated"
+        notes.append(f"secret {path} {verb}")
+        parts = path.split(".")
+        if len(parts) == 4 and parts[0] == "services" and parts[2] in ("secretEnv", "env"):
+            for urn, resource in new.items():
+                if resource.get("type") != "docker:index/container:Container" or urn not in old:
+                    continue
+                if str(resource.get("name")) != parts[1] or urn in changes:
+                    continue
+                changes[urn] = Change(
+                    "replace", urn, str(resource["type"]), parts[1], ("envs",), (f"envs ({path} {verb})",)
+                )
     return notes
 
 

@@ -31,6 +31,8 @@ from stacks.config import (
     ResolvedStack,
     Service,
     StackConfig,
+    header_refs,
+    resolve_header_refs,
     smoke_checks,
 )
 from stacks.hosts import provisioning, ssh_target
@@ -351,10 +353,15 @@ def deploy(stack: ResolvedStack) -> None:
     everything: list[pulumi.Resource] = list(containers.values())
     for name, svc in services.items():
         checks = smoke_checks(svc.smoke, gpu=gpu_available)
+        # a header taken from the service's secretEnv: the value goes only into the runner's stdin, a secret
+        secret = bool(header_refs(checks))
+        checks = resolve_header_refs(checks, svc.secret_env)
         if checks:
             SmokeTest(
                 f"smoke-{name}",
-                spec=SmokeSpec(name, f"{stack.stack}-{name}", base_url(svc), checks, svc.smoke_deadline),
+                spec=SmokeSpec(
+                    name, f"{stack.stack}-{name}", base_url(svc), checks, svc.smoke_deadline, secret=secret
+                ),
                 connection=connection,
                 runners=runners,
                 replaced_with=[containers[name].container.id],

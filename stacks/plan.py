@@ -77,14 +77,18 @@ class Plan:
     resources: list[PlannedResource] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    secrets: dict[str, str] = field(default_factory=dict)  # secure config path -> digest of its ciphertext
 
     def as_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "project": self.project,
             "stack": self.stack,
             "resources": [r.as_json() for r in self.resources],
             "outputs": self.outputs,
         }
+        if self.secrets:  # only where the stack has `secure:` values: the diff sees a rotation
+            doc["secrets"] = dict(sorted(self.secrets.items()))
+        return doc
 
     def by_type(self, type_: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == type_]
@@ -342,9 +346,35 @@ def prepare(
     project, config, secret_keys = read_stack_config(project_dir, stack, config_file)
     # the program reads where the `secure:` values are from the stack file itself (stacks.config)
     os.environ[STACK_FILE_VARIABLE] = str(config_file or project_dir / f"Pulumi.{stack}.yaml")
-    plan = Plan(project=project, stack=stack)
+    plan = Plan(
+        project=project,
+        stack=stack,
+        secrets=secret_digests(config_file or project_dir / f"Pulumi.{stack}.yaml"),
+    )
     configure_runtime(project, stack, config, secret_keys, plan, preview=preview)
     return plan
+
+
+def secret_digests(stack_file: Path) -> dict[str, str]:
+    """Each `secure:` value of the stack file: its config path and a short digest of its ciphertext, so the
+    offline diff can say a secret was rotated without ever seeing it (a plan shows it as "[secret]")."""
+    found: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict):
+            if set(value) == {"secure"}:
+                found[key] = hashlib.sha256(str(value["secure"]).encode()).hexdigest()[:12]
+                return
+            for child, inner in value.items():
+                walk(inner, f"{key}.{child}")
+        elif isinstance(value, list):
+            for inner in value:
+                walk(inner, key)
+
+    doc = read_stack(stack_file) or {}
+    for full_key, value in (doc.get("config") or {}).items():
+        walk(value, str(full_key).removeprefix("gpu-deploy:"))
+    return found
 
 
 async def _run_in_stack(program: Path) -> None:

@@ -335,3 +335,51 @@ def test_no_config_change_deletes_data(tmp_path: Path, case: str) -> None:
         assert any("the data there stays on that host" in n for n in diff.data)
     if case in ("disable", "rename", "drop-volume", "new-uid"):
         assert not diff.data
+
+
+def test_a_smoke_header_takes_its_value_from_secret_env(tmp_path: Path) -> None:
+    """The key is written once (secretEnv); the runner gets it on its stdin, which is then a secret."""
+
+    def edit(config: dict[str, Any]) -> None:
+        app = config["gpu-deploy:services"]["app"]
+        app["secretEnv"] = {"API_TOKEN": "Bearer s3cr3t-token-value"}
+        app["smoke"][0]["http"]["headers"] = {"Authorization": {"secretEnv": "API_TOKEN"}}
+
+    plan = make_plan("prod", config_file=write_config(tmp_path, edit))
+    run = plan.named("command:remote:Command", "smoke-app-run")
+    assert run.inputs["stdin"] == "[secret]"
+    assert "s3cr3t-token-value" not in json.dumps(plan.as_json())
+
+    def missing(config: dict[str, Any]) -> None:
+        edit(config)
+        config["gpu-deploy:services"]["app"]["secretEnv"] = {}
+
+    with pytest.raises(ConfigError, match=r"takes header Authorization from secretEnv\.API_TOKEN"):
+        raw = {
+            k.removeprefix("gpu-deploy:"): v
+            for k, v in yaml.safe_load(write_config(tmp_path, missing).read_text())["config"].items()
+            if k.startswith("gpu-deploy:")
+        }
+        validate(raw)
+
+
+def test_rotating_a_secret_shows_in_the_offline_diff(tmp_path: Path) -> None:
+    from stacks.diff import diff_plans, render_text
+
+    def with_secret(ciphertext: str) -> Any:
+        def edit(config: dict[str, Any]) -> None:
+            config["gpu-deploy:services"]["app"]["secretEnv"] = {"JWT_SECRET": {"secure": ciphertext}}
+
+        return edit
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    before = make_plan("prod", config_file=write_config(tmp_path / "a", with_secret("v1:AAAA:one")))
+    after = make_plan("prod", config_file=write_config(tmp_path / "b", with_secret("v1:AAAA:two")))
+    diff = diff_plans(before.as_json(), after.as_json(), "prod")
+    assert "secret services.app.secretEnv.JWT_SECRET is rotated" in diff.data
+    (app,) = [c for c in diff.of("replace") if c.name == "app"]
+    assert "services.app.secretEnv.JWT_SECRET is rotated" in app.line()
+    assert "v1:AAAA" not in render_text(diff) and "v1:AAAA" not in json.dumps(after.as_json())
+    same = diff_plans(before.as_json(), before.as_json(), "prod")
+    assert not same.data and same.empty
