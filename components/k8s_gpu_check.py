@@ -26,7 +26,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_cluster import RUNTIME_CLASS
-from components.k8s_workload import product_affinity
+from components.k8s_workload import product_affinity, restricted_container_security, restricted_pod_security
 from components.options import child_options
 
 RUN_AS = 65534  # nobody: nvidia-smi needs no privileges
@@ -74,11 +74,7 @@ class GpuCheck(pulumi.ComponentResource):
                 limits={"cpu": "200m", "memory": "64Mi", args.resource: count},
             ),
             termination_message_policy="FallbackToLogsOnError",
-            security_context=k8s.core.v1.SecurityContextArgs(
-                allow_privilege_escalation=False,
-                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                run_as_non_root=True,
-            ),
+            security_context=restricted_container_security(),
         )
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
@@ -104,12 +100,7 @@ class GpuCheck(pulumi.ComponentResource):
                             )
                         ],
                         containers=[container],
-                        security_context=k8s.core.v1.PodSecurityContextArgs(
-                            run_as_user=RUN_AS,
-                            run_as_group=RUN_AS,
-                            run_as_non_root=True,
-                            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                        ),
+                        security_context=restricted_pod_security(RUN_AS, RUN_AS),
                     ),
                 ),
             ),

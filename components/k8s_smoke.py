@@ -49,6 +49,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components import smoke
+from components.k8s_workload import restricted_container_security, restricted_pod_security
 from components.options import child_options
 from components.profiles import CPU_BASE_IMAGE
 
@@ -168,12 +169,7 @@ class SmokeJob(pulumi.ComponentResource):
             ),
             volume_mounts=[k8s.core.v1.VolumeMountArgs(name="smoke", mount_path=MOUNT, read_only=True)],
             termination_message_policy="FallbackToLogsOnError",
-            security_context=k8s.core.v1.SecurityContextArgs(
-                allow_privilege_escalation=False,
-                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                read_only_root_filesystem=True,
-                run_as_non_root=True,
-            ),
+            security_context=restricted_container_security(read_only_root=True),
         )
         self.job = k8s.batch.v1.Job(
             f"{name}-job",
@@ -192,12 +188,7 @@ class SmokeJob(pulumi.ComponentResource):
                         restart_policy="Never",
                         automount_service_account_token=False,
                         containers=[container],
-                        security_context=k8s.core.v1.PodSecurityContextArgs(
-                            run_as_user=RUN_AS,
-                            run_as_group=RUN_AS,
-                            run_as_non_root=True,
-                            seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-                        ),
+                        security_context=restricted_pod_security(RUN_AS, RUN_AS),
                         volumes=[
                             k8s.core.v1.VolumeArgs(
                                 name="smoke",

@@ -205,6 +205,29 @@ def _probe(spec: ProbeSpec, default_port: int | None, failure_threshold: int) ->
     )
 
 
+def restricted_pod_security(
+    uid: int, gid: int, fs_group: int | None = None
+) -> k8s.core.v1.PodSecurityContextArgs:
+    """The pod half of Pod Security "restricted": a non-root user and the runtime's seccomp profile."""
+    return k8s.core.v1.PodSecurityContextArgs(
+        run_as_user=uid,
+        run_as_group=gid,
+        fs_group=fs_group,
+        run_as_non_root=True,
+        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
+    )
+
+
+def restricted_container_security(*, read_only_root: bool | None = None) -> k8s.core.v1.SecurityContextArgs:
+    """The container half: no privilege escalation, every capability dropped, non-root."""
+    return k8s.core.v1.SecurityContextArgs(
+        allow_privilege_escalation=False,
+        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+        read_only_root_filesystem=read_only_root,
+        run_as_non_root=True,
+    )
+
+
 def product_affinity(products: Sequence[str]) -> k8s.core.v1.AffinityArgs:
     """Required node affinity: a node whose nvidia.com/gpu.product is one of `products`."""
     return k8s.core.v1.AffinityArgs(
@@ -435,11 +458,7 @@ class GpuWorkload(pulumi.ComponentResource):
             startup_probe=_probe(probe, default_port, probe.startup_failure_threshold) if probe else None,
             readiness_probe=_probe(probe, default_port, probe.failure_threshold) if probe else None,
             liveness_probe=_probe(probe, default_port, probe.failure_threshold) if probe else None,
-            security_context=k8s.core.v1.SecurityContextArgs(
-                allow_privilege_escalation=False,
-                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                run_as_non_root=True,
-            ),
+            security_context=restricted_container_security(),
         )
         return k8s.core.v1.PodSpecArgs(
             containers=[container],
@@ -449,13 +468,7 @@ class GpuWorkload(pulumi.ComponentResource):
             tolerations=[k8s.core.v1.TolerationArgs(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule")]
             if wants_gpu or products
             else None,
-            security_context=k8s.core.v1.PodSecurityContextArgs(
-                run_as_user=args.user.uid,
-                run_as_group=args.user.gid,
-                fs_group=args.user.gid,
-                run_as_non_root=True,
-                seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-            ),
+            security_context=restricted_pod_security(args.user.uid, args.user.gid, fs_group=args.user.gid),
             volumes=volumes or None,
         )
 
