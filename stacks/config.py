@@ -1427,14 +1427,28 @@ def read_pulumi_config() -> tuple[dict[str, Any], frozenset[str]]:
 STACK_FILE_VARIABLE = "GPU_DEPLOY_STACK_FILE"  # set by the offline tools: the stack file they read
 
 
-def _secure_leaves(value: Any, key: str) -> list[str]:
+def _secure_leaves(value: Any, key: str) -> list[tuple[str, str]]:
     if isinstance(value, Mapping):
         if set(value) == {"secure"}:
-            return [key]
+            return [(key, str(value["secure"]))]
         return [p for k, v in value.items() for p in _secure_leaves(v, f"{key}.{k}" if key else str(k))]
     if isinstance(value, list):
         return [p for v in value for p in _secure_leaves(v, key)]
     return []
+
+
+def secure_values(doc: Any) -> dict[str, str] | None:
+    """A stack file's `secure:` values: config key (`services.app.secretEnv.JWT_SECRET`) -> ciphertext.
+    None when the document has no config mapping."""
+    config = doc.get("config") if isinstance(doc, Mapping) else None
+    if not isinstance(config, Mapping):
+        return None
+    found: dict[str, str] = {}
+    for full_key, value in config.items():
+        namespace, _, key = str(full_key).partition(":")
+        if namespace == NAMESPACE and key:
+            found.update(_secure_leaves(value, key))
+    return found
 
 
 def secure_paths(stack: str) -> frozenset[str] | None:
@@ -1451,15 +1465,8 @@ def secure_paths(stack: str) -> frozenset[str] | None:
         doc = read_stack(path) or {}
     except (OSError, ConfigError):
         return None
-    config = doc.get("config") if isinstance(doc, Mapping) else None
-    if not isinstance(config, Mapping):
-        return None
-    found: list[str] = []
-    for full_key, value in config.items():
-        namespace, _, key = str(full_key).partition(":")
-        if namespace == NAMESPACE and key:
-            found += _secure_leaves(value, key)
-    return frozenset(found)
+    found = secure_values(doc)
+    return None if found is None else frozenset(found)
 
 
 # Where a secret may stand: each is kept a Pulumi secret all the way to where it is used (an env value

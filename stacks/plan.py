@@ -29,7 +29,7 @@ from pulumi.runtime.stack import Stack, wait_for_rpcs
 from pulumi.runtime.sync_await import _ensure_event_loop
 
 from components.specs import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
-from stacks.config import STACK_FILE_VARIABLE
+from stacks.config import STACK_FILE_VARIABLE, secure_values
 from stacks.stackfile import read_project, read_stack
 
 # How the engine's wire format marks secrets, references, outputs, assets and unknowns: the SDK's own.
@@ -358,23 +358,8 @@ def prepare(
 def secret_digests(stack_file: Path) -> dict[str, str]:
     """Each `secure:` value of the stack file: its config path and a short digest of its ciphertext, so the
     offline diff can say a secret was rotated without ever seeing it (a plan shows it as "[secret]")."""
-    found: dict[str, str] = {}
-
-    def walk(value: Any, key: str) -> None:
-        if isinstance(value, dict):
-            if set(value) == {"secure"}:
-                found[key] = hashlib.sha256(str(value["secure"]).encode()).hexdigest()[:12]
-                return
-            for child, inner in value.items():
-                walk(inner, f"{key}.{child}")
-        elif isinstance(value, list):
-            for inner in value:
-                walk(inner, key)
-
-    doc = read_stack(stack_file) or {}
-    for full_key, value in (doc.get("config") or {}).items():
-        walk(value, str(full_key).removeprefix("gpu-deploy:"))
-    return found
+    found = secure_values(read_stack(stack_file) or {}) or {}
+    return {path: hashlib.sha256(text.encode()).hexdigest()[:12] for path, text in found.items()}
 
 
 async def _run_in_stack(program: Path) -> None:
