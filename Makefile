@@ -20,7 +20,7 @@ plan: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/shellcheck --external-sources --severity=style components/scripts/*.sh .ci/*.sh
+	$(BIN)/shellcheck --external-sources --severity=style components/host/scripts/*.sh .ci/*.sh
 	$(BIN)/hadolint images/cuda-python/Dockerfile
 
 typecheck: venv

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 # The engine runs the pack with policy/ as its working directory; the repository root holds the
-# `policy` package and the profile catalog (components/profiles.py) the rules read.
+# `policy` package and the profile catalog (components/core/catalog.py) the rules read.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))

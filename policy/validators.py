@@ -15,7 +15,7 @@ Where the context comes from, in order of precedence:
 A value known from neither (a profile `auto` during preview) turns off only the checks that need it.
 
 Card facts (which profile has MIG, the newest CUDA a card runs) come from the profile catalog,
-components/profiles.py, never from a copy here.
+components/core/catalog.py, never from a copy here.
 """
 
 from __future__ import annotations
@@ -29,21 +29,23 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
-from components.profiles import PROFILES, WHEEL_CUDA, GpuProfile
-from components.specs import (
+from components.core.catalog import PROFILES, WHEEL_CUDA, GpuProfile
+from components.core.values import floating_tag, is_mig_device, looks_secret
+from components.core.vocabulary import (
+    GPU_RESOURCE,
+    LABEL_PROFILE,
+    LABEL_ROOT,
+    LABEL_SERVICE,
+    MIG_RESOURCE_PREFIX,
+    PRODUCT_LABEL,
+    PROJECT,
     SECRET_PLACEHOLDER,
     UNKNOWN_PLACEHOLDER,
-    floating_tag,
-    is_mig_device,
-    looks_secret,
 )
 
-NAMESPACE = "gpu-deploy"
+NAMESPACE = PROJECT
 SECRET = SECRET_PLACEHOLDER
 UNKNOWN = UNKNOWN_PLACEHOLDER
-LABEL_PROFILE = "io.gpu-deploy.profile"
-LABEL_ROOT = "io.gpu-deploy.root"
-LABEL_SERVICE = "io.gpu-deploy.service"
 
 CONTAINER = "docker:index/container:Container"
 IMAGE = "docker:index/image:Image"
@@ -59,9 +61,9 @@ POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
     "kubernetes:batch/v1:Job": ("spec", "template", "spec"),
     "kubernetes:batch/v1:CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
 }
-K8S_GPU = "nvidia.com/gpu"  # also nvidia.com/gpu.shared when time-slicing renames the resource
-K8S_MIG_PREFIX = "nvidia.com/mig-"
-K8S_GPU_PRODUCT = "nvidia.com/gpu.product"
+K8S_GPU = GPU_RESOURCE  # also nvidia.com/gpu.shared when time-slicing renames the resource
+K8S_MIG_PREFIX = MIG_RESOURCE_PREFIX
+K8S_GPU_PRODUCT = PRODUCT_LABEL
 
 # The same names stacks/config.py refuses in plain env (kept in step by tests/test_policy.py).
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
@@ -101,7 +103,7 @@ class StackContext:
     """What the rules know about the stack beyond one resource's inputs."""
 
     stack: str = ""
-    profile: str | None = None  # a key of components.profiles.PROFILES; None: not known
+    profile: str | None = None  # a key of components.core.catalog.PROFILES; None: not known
     root: str | None = None  # target.root: bind sources and host directories live under it
     secret_env: Mapping[str, frozenset[str]] = field(default_factory=dict)  # service -> secretEnv names
 

@@ -27,7 +27,7 @@ def deploy(stack: ResolvedStack) -> None:
 def detect_local_profile() -> str:
     """Run the preflight's auto-detection on this machine (the Docker host for `host: local`)."""
     result = subprocess.run(
-        [sys.executable, "-m", "components.preflight", "--profile", "auto", "--json"],
+        [sys.executable, "-m", "components.host.preflight", "--profile", "auto", "--json"],
         capture_output=True,
         text=True,
         check=False,

@@ -33,9 +33,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from components import smoke
-from components.profiles import PROFILES, GpuProfile
-from components.specs import (
+from components.core.catalog import PROFILES, GpuProfile
+from components.core.values import (
     GpuRequest,
     PortMapping,
     UserSpec,
@@ -47,11 +46,13 @@ from components.specs import (
     looks_secret,
     parse_host_key,
 )
+from components.core.vocabulary import PROJECT, RESERVED_NAMESPACES, mig_resource
+from components.host import smoke
 
 if TYPE_CHECKING:
-    from components.k8s_cluster import SharingSpec
+    from components.kubernetes.cluster import SharingSpec
 
-NAMESPACE = "gpu-deploy"
+NAMESPACE = PROJECT  # the stack file's config namespace
 PROFILE_CHOICES = (*PROFILES, "auto")
 
 
@@ -422,7 +423,7 @@ class ImageConfig(Model):
 
 
 def _pinned_host_key(key: str | None) -> str | None:
-    """A pinned host key that ssh can really use (components.specs.parse_host_key), normalised."""
+    """A pinned host key that ssh can really use (components.core.values.parse_host_key), normalised."""
     return None if key is None else str(parse_host_key(key))
 
 
@@ -477,7 +478,7 @@ K8sName = Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_l
 
 
 def _own_namespace(namespace: str) -> str:
-    if namespace in RESERVED_K8S_NAMESPACES:
+    if namespace in RESERVED_NAMESPACES:
         raise ValueError(f"the stack creates its namespace; {namespace!r} is the cluster's own: pick one")
     return namespace
 
@@ -485,7 +486,6 @@ def _own_namespace(namespace: str) -> str:
 OwnNamespace = Annotated[K8sName, AfterValidator(_own_namespace)]  # one the stack creates and owns
 ChartVersion = Annotated[str, Field(pattern=r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$")]
 Quantity = Annotated[str, Field(pattern=r"^[1-9]\d*(Ki|Mi|Gi|Ti)$")]  # a PVC size: 10Gi
-RESERVED_K8S_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
 class KubernetesTarget(Model):
@@ -533,7 +533,7 @@ class ProductSharing(Model):
 
 
 class GpuSharingConfig(Model):
-    """How the NVIDIA device plugin shares each GPU (checked by components.k8s_cluster.validate_sharing)."""
+    """How the NVIDIA device plugin shares each GPU (components.kubernetes.cluster.validate_sharing)."""
 
     strategy: Literal["none", "time-slicing", "mps", "mig"] | None = None  # None: the profile's default
     replicas: int | None = None  # None: 2 with time-slicing or mps, else 1
@@ -655,7 +655,7 @@ class Service(Model):
     profile: Literal["p40", "a2", "a4000", "h100"] | None = None
     storage: dict[str, Quantity] = Field(default_factory=dict)  # PVC size per named volume: {models: 10Gi}
     driver_capabilities: str | None = None  # NVIDIA_DRIVER_CAPABILITIES; the profile's default otherwise
-    smoke: list[dict[str, Any]] = Field(default_factory=list)  # components/smoke.py checks (+ whenGpu)
+    smoke: list[dict[str, Any]] = Field(default_factory=list)  # components/host/smoke.py checks (+ whenGpu)
     smoke_deadline: DurationField = 180
 
     @field_validator("smoke")
@@ -1020,7 +1020,7 @@ def _check_kubernetes_service(name: str, svc: Service, target: KubernetesTarget)
 
 
 def _check_kubernetes_smoke(key: str, svc: Service) -> None:
-    """Smoke checks run from a Job beside the pods (components/k8s_smoke.py): HTTP only, no credentials."""
+    """Smoke checks run from a Job beside the pods (components/kubernetes/smoke_job.py): HTTP only."""
     for index, check in enumerate(svc.smoke, start=1):
         kind = next((k for k in ("file", "gpu") if k in check), None)
         if kind is not None:
@@ -1043,7 +1043,7 @@ def _check_kubernetes_smoke(key: str, svc: Service) -> None:
 
 def kubernetes_sharing(config: StackConfig, profile: GpuProfile) -> SharingSpec:
     """The device plugin's sharing spec: `gpuSharing` over the profile's default strategy."""
-    from components.k8s_cluster import SharingSpec  # noqa: PLC0415 (lazy, see _check_kubernetes)
+    from components.kubernetes.cluster import SharingSpec  # noqa: PLC0415 (lazy, see _check_kubernetes)
 
     wanted = config.gpu_sharing or GpuSharingConfig()
     strategy = wanted.strategy or profile.k8s_sharing
@@ -1112,7 +1112,7 @@ def _sharing_key(message: str, spec: SharingSpec) -> str:
 
 
 def _check_kubernetes_gpus(config: StackConfig) -> None:
-    """components.k8s_cluster.validate_sharing, its ValueError turned into the key it is about:
+    """components.kubernetes.cluster.validate_sharing, its ValueError turned into the key it is about:
     first the sharing setup alone (gpuSharing.*), then each GPU service's requests added in turn, so
     the service that no longer fits is the one named (services.<name>.gpu). Each card type's nodes hold
     its own services (`services.<name>.profile`), so each is checked on its own."""
@@ -1127,7 +1127,7 @@ def _check_kubernetes_gpus(config: StackConfig) -> None:
 def _check_card_gpus(
     config: StackConfig, profile: GpuProfile, demand: dict[str, tuple[int, str | None]], gpus: int
 ) -> None:
-    from components.k8s_cluster import validate_sharing  # noqa: PLC0415 (lazy, see _check_kubernetes)
+    from components.kubernetes.cluster import validate_sharing  # noqa: PLC0415 (lazy, see _check_kubernetes)
 
     spec = kubernetes_sharing(config, profile)
     try:
@@ -1140,7 +1140,7 @@ def _check_card_gpus(
         if mig_profile is None:
             total += count
         else:
-            resource = f"nvidia.com/mig-{mig_profile}"
+            resource = mig_resource(mig_profile)
             mig[resource] = mig.get(resource, 0) + count
         try:
             validate_sharing(spec, profile, total, gpus, mig_requests=mig)

@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from components.core.vocabulary import UNKNOWN_PLACEHOLDER
 from stacks.plan import PlanError
 
-UNKNOWN = "[unknown]"
+UNKNOWN = UNKNOWN_PLACEHOLDER
 Action = Literal["create", "replace", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("create", "replace", "update", "delete")
 

@@ -14,16 +14,23 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components.cuda_image import BuildRecipe, CudaImage, RegistryLogin, release_tag
-from components.docker_host import DockerHost
-from components.gpu_container import GpuContainer, GpuContainerArgs, HealthcheckSpec, Mount
-from components.gpu_host import GpuHost, PreflightRequest
-from components.host_dirs import HostDirectories
-from components.profiles import PROFILES, GpuProfile
-from components.runners import HostRunners
-from components.smoke_test import SmokeSpec, SmokeTest
-from components.specs import NO_GPU, UserSpec, is_under, place_gpu_counts
-from components.ssh import SshTarget, command_connection, docker_ssh_opts, identity_file, write_identity
+from components.core import vocabulary
+from components.core.catalog import PROFILES, GpuProfile
+from components.core.values import NO_GPU, UserSpec, is_under, place_gpu_counts
+from components.docker.container import GpuContainer, GpuContainerArgs, HealthcheckSpec, Mount
+from components.docker.directories import HostDirectories
+from components.docker.docker_host import DockerHost
+from components.docker.image import BuildRecipe, CudaImage, RegistryLogin, release_tag
+from components.docker.smoke_run import SmokeSpec, SmokeTest
+from components.remote.gpu_host import GpuHost, PreflightRequest
+from components.remote.runners import HostRunners
+from components.remote.ssh import (
+    SshTarget,
+    command_connection,
+    docker_ssh_opts,
+    identity_file,
+    write_identity,
+)
 from stacks.config import (
     DockerTarget,
     Healthcheck,
@@ -334,10 +341,10 @@ def deploy(stack: ResolvedStack) -> None:
             keep_image=svc.one_shot and bool(config.image and config.image.tag),
             placed_devices=devices_of(placement, name) if placement is not None and name in counts else None,
             labels={
-                "io.gpu-deploy.stack": stack.stack,
-                "io.gpu-deploy.service": name,
-                "io.gpu-deploy.profile": profile_key,
-                "io.gpu-deploy.root": target.root or "",
+                vocabulary.LABEL_STACK: stack.stack,
+                vocabulary.LABEL_SERVICE: name,
+                vocabulary.LABEL_PROFILE: profile_key,
+                vocabulary.LABEL_ROOT: target.root or "",
             },
             must_succeed=[
                 containers[dep].exit_code for dep, cond in svc.depends_on.items() if cond == "completed"

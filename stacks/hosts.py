@@ -8,9 +8,9 @@ pulumi-command, so each target still loads only its own.
 
 from __future__ import annotations
 
-from components.gpu_host import Provisioning
-from components.profiles import GpuProfile
-from components.ssh import SshTarget
+from components.core.catalog import GpuProfile
+from components.remote.gpu_host import Provisioning
+from components.remote.ssh import SshTarget
 from stacks.config import Bastion, ProvisionConfig
 
 DEFAULT_DRIVER_BRANCH = "580"

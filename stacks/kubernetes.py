@@ -15,7 +15,7 @@ readiness and liveness probes, the start-up probe allowing `startPeriod` for the
 `cpuFallback` declares a CPU Deployment `<name>-cpu` at 0 replicas and `runOn: cpu` swaps the two: the
 GPU Deployment scales to 0 and the CPU one to `replicas` (one config change, and back).
 
-Then, per service with `smoke` checks, a SmokeJob (components/k8s_smoke.py) after that service's
+Then, per service with `smoke` checks, a SmokeJob (components/kubernetes/smoke_job.py) after that service's
 GpuWorkload: a Job in the namespace runs the standard-library runner against the Service's cluster DNS
 name and first port; a failed check fails `pulumi up` with the runner's FAIL line. `whenGpu` checks run
 only where the service runs on the GPU (not with `runOn: cpu` or `gpu: none`); `file` and `gpu` checks
@@ -30,8 +30,9 @@ import json
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.gpu_host import GpuHost, PreflightRequest
-from components.k8s_cluster import (
+from components.core import vocabulary
+from components.core.catalog import PROFILES, GpuProfile
+from components.kubernetes.cluster import (
     GpuCluster,
     GpuClusterArgs,
     OperatorSpec,
@@ -39,12 +40,12 @@ from components.k8s_cluster import (
     gpu_capacity,
     node_product_labels,
 )
-from components.k8s_gpu_check import GpuCheck, GpuCheckArgs
-from components.k8s_smoke import SmokeJob, SmokeJobArgs
-from components.k8s_workload import GpuWorkload, GpuWorkloadArgs, ProbeSpec, VolumeSpec
-from components.profiles import PROFILES, GpuProfile
-from components.runners import HostRunners
-from components.ssh import command_connection
+from components.kubernetes.gpu_check import GpuCheck, GpuCheckArgs
+from components.kubernetes.smoke_job import SmokeJob, SmokeJobArgs
+from components.kubernetes.workload import GpuWorkload, GpuWorkloadArgs, ProbeSpec, VolumeSpec
+from components.remote.gpu_host import GpuHost, PreflightRequest
+from components.remote.runners import HostRunners
+from components.remote.ssh import command_connection
 from stacks.config import (
     GpuOperatorConfig,
     GpuSharingConfig,
@@ -61,7 +62,6 @@ from stacks.hosts import provisioning, ssh_target
 
 PROVIDER = "kubernetes"
 CLUSTER = "nvidia"  # the GpuCluster: nvidia-namespace, nvidia-runtime-class, nvidia-device-plugin-config, ...
-LABELS = {"app.kubernetes.io/part-of": "gpu-deploy", "app.kubernetes.io/managed-by": "pulumi"}
 
 
 def provider(target: KubernetesTarget, *, secret: bool) -> k8s.Provider:
@@ -127,7 +127,7 @@ def volume_specs(svc: Service, target: KubernetesTarget) -> list[VolumeSpec]:
 
 def service_url(name: str, svc: Service, target: KubernetesTarget) -> str:
     """The service's cluster DNS name and first port: where an in-cluster client reaches it."""
-    return f"http://{name}.{target.namespace}.svc.cluster.local:{svc.ports[0].container_port}"
+    return vocabulary.service_url(name, target.namespace, svc.ports[0].container_port)
 
 
 def workload_revision(svc: Service) -> str:
@@ -169,7 +169,7 @@ def workload_args(
         replicas=0 if on_cpu else svc.replicas,
         gpu=gpu,
         gpu_resource=sharing.resource_name,
-        mig_resource=f"nvidia.com/mig-{svc.mig_profile}" if svc.mig_profile else None,
+        mig_resource=vocabulary.mig_resource(svc.mig_profile) if svc.mig_profile else None,
         cpu_fallback=svc.cpu_fallback,
         cpu_image=svc.cpu_image,
         cpu_env=svc.cpu_env,
@@ -256,7 +256,7 @@ def deploy(stack: ResolvedStack) -> None:
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=target.namespace,
                 labels={
-                    **LABELS,
+                    **vocabulary.PART_OF_LABELS,
                     "pod-security.kubernetes.io/enforce": "privileged" if host_paths else "restricted",
                 },
             ),
@@ -298,7 +298,7 @@ def deploy(stack: ResolvedStack) -> None:
         )
 
     # 5. Before any GPU workload: a pod proves a GPU node runs GPU containers and advertises what the
-    #    sharing config promises (components/k8s_gpu_check.py), one per card type the GPU services use.
+    #    sharing config promises (components/kubernetes/gpu_check.py), one per card type the GPU services use.
     checks: dict[str, GpuCheck] = {}
     if cluster is not None:
         before_check: list[pulumi.Resource] = [cluster, *([namespace] if namespace else [])]
@@ -354,10 +354,7 @@ def deploy(stack: ResolvedStack) -> None:
             name: {
                 "runsOn": "gpu" if name in demand else "cpu",
                 "gpu": demand[name][0] if name in demand else 0,
-                "urls": [
-                    f"http://{name}.{target.namespace}.svc.cluster.local:{p.container_port}"
-                    for p in svc.ports
-                ],
+                "urls": [vocabulary.service_url(name, target.namespace, p.container_port) for p in svc.ports],
             }
             for name, svc in services.items()
         },

@@ -28,7 +28,7 @@ from pulumi.runtime import mocks, rpc, settings
 from pulumi.runtime.stack import Stack, wait_for_rpcs
 from pulumi.runtime.sync_await import _ensure_event_loop
 
-from components.specs import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
+from components.core.vocabulary import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
 from stacks.config import STACK_FILE_VARIABLE, secure_values
 from stacks.stackfile import read_project, read_stack
 

@@ -1,7 +1,7 @@
 """`python -m stacks render STACK --out DIR`: the Kubernetes objects of a stack's offline plan as plain YAML.
 
 Every Kubernetes object the program registers (the plan's resource inputs, what a real apply sends)
-goes through components.k8s_manifests.to_manifest into `DIR/<kind>-<name>.yaml`, one object per file,
+goes through stacks.wire.to_manifest into `DIR/<kind>-<name>.yaml`, one object per file,
 ready for `kubectl apply --dry-run=server -f DIR`, kubeconform or a review. Two things are not the same
 as the apply:
 - Secret values never reach a file: each key of a Secret keeps the placeholder "[secret]" (the keys are
@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from components.k8s_manifests import to_manifest
-from components.specs import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
+from components.core.vocabulary import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
 from stacks.plan import Plan, PlanError
+from stacks.wire import to_manifest
 
 MARKER = ".gpu-deploy-render"
 HELM_DIR = "helm"

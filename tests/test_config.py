@@ -19,8 +19,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.profiles import PROFILES, GpuProfile
-from components.specs import GpuRequest
+from components.core.catalog import PROFILES, GpuProfile
+from components.core.values import GpuRequest
 from stacks.config import ConfigError, DockerTarget, StackConfig, resolve_profile, validate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ creates a resource, which no schema states, are restated below as functions, eac
 lives upstream (repo@tag:path), and applied to the plans; each rule also has negative cases so the
 checks are known to fail on a wrong resource.
 
-"[secret]" and "[unknown]" (components.specs placeholders) stand for any value of any type.
+"[secret]" and "[unknown]" (components.core.values placeholders) stand for any value of any type.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pulumi._types import input_type_py_to_pulumi_names, is_input_type
 from pulumi.runtime import rpc
 
 import stacks.plan
-from components.specs import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
+from components.core.vocabulary import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
 from stacks.plan import PROJECT_DIR, Plan, PlannedResource, make_plan
 from tests.plans import (
     CONTAINER,

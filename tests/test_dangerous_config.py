@@ -22,8 +22,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.host_scripts import command_line, command_with_script
-from components.specs import host_path_problem, is_under, looks_secret
+from components.core.values import host_path_problem, is_under, looks_secret
+from components.host.shell import command_line, command_with_script
 from stacks.config import ConfigError, StackConfig, check_secure_places, validate, validate_with_secrets
 from stacks.plan import make_plan
 from tests.plans import containers, env_of, stack_config, write_config

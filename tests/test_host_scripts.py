@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from components.host_scripts import SCRIPTS_DIR, command_line, command_with_script, script, script_names
+from components.host.shell import SCRIPTS_DIR, command_line, command_with_script, script, script_names
 from tests.tools import dev_tool
 
 FINGERPRINT = "C95B321B61E88C1809C4F759DDCAE044F796ECB0"

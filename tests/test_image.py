@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from components.profiles import CPU_BASE_IMAGE, PROFILES
+from components.core.catalog import CPU_BASE_IMAGE, PROFILES
 from tests.tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[1]

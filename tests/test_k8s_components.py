@@ -18,7 +18,9 @@ import pulumi
 import pytest
 import yaml
 
-from components.k8s_cluster import (
+from components.core.catalog import PROFILES
+from components.core.values import UserSpec, check_image_pinned
+from components.kubernetes.cluster import (
     CONFIG_MAP_NAME,
     MICROK8S_TOOLKIT_ENV,
     GpuCluster,
@@ -29,15 +31,13 @@ from components.k8s_cluster import (
     operator_values,
     validate_sharing,
 )
-from components.k8s_manifests import SECRET_SIG, SIG_KEY, UNKNOWN, to_manifest
-from components.k8s_workload import (
+from components.kubernetes.workload import (
     GpuWorkload,
     GpuWorkloadArgs,
     ProbeSpec,
     VolumeSpec,
 )
-from components.profiles import PROFILES
-from components.specs import UserSpec, check_image_pinned
+from stacks.wire import SECRET_SIG, SIG_KEY, UNKNOWN, to_manifest
 
 K8S_VERSION = "1.30.0"
 A2 = PROFILES["a2"]

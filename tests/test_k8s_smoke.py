@@ -23,9 +23,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components import smoke
-from components.k8s_smoke import SMOKE_RUNNER, SmokeJobArgs, check_args
-from components.profiles import CPU_BASE_IMAGE
+from components.core.catalog import CPU_BASE_IMAGE
+from components.host import SMOKE_RUNNER, smoke
+from components.kubernetes.smoke_job import SmokeJobArgs, check_args
 from policy.validators import StackContext, check_resource
 from stacks.config import NAMESPACE, smoke_checks
 from stacks.plan import PROJECT_DIR, Plan, PlannedResource, make_plan, read_stack_config

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
-from components.k8s_cluster import (
+from components.core.catalog import PROFILES, GpuProfile
+from components.kubernetes.cluster import (
     GpuClusterArgs,
     OperatorSpec,
     SharingSpec,
@@ -29,7 +30,6 @@ from components.k8s_cluster import (
     operator_values,
     validate_sharing,
 )
-from components.profiles import PROFILES, GpuProfile
 
 UPSTREAM = Path(__file__).parent / "upstream"
 

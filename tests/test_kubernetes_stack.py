@@ -1,6 +1,6 @@
 """The a2 stack (target.kind kubernetes, MicroK8s, one time-sliced A2) through the real program and the offline plan.
 
-Every Kubernetes object the program registers is turned into its manifest (components.k8s_manifests)
+Every Kubernetes object the program registers is turned into its manifest (stacks.wire)
 and validated against the OpenAPI schema of the Kubernetes version the stack names, in strict mode
 (unknown fields fail); the same goes for the files `python -m stacks render` writes. Config mistakes
 are one line naming the key, exit code 2, before any resource.
@@ -20,13 +20,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from components.k8s_cluster import CONFIG_MAP_NAME
-from components.k8s_manifests import to_manifest
-from components.specs import check_image_pinned
+from components.core.values import check_image_pinned
+from components.kubernetes.cluster import CONFIG_MAP_NAME
 from policy.validators import StackContext, check_resource
 from stacks import load, render
 from stacks.config import NAMESPACE, ConfigError, validate
 from stacks.plan import PROJECT_DIR, Plan, PlannedResource, make_plan, prepare, read_stack_config
+from stacks.wire import to_manifest
 from tests.plans import plan_text, plan_with, stack_config
 
 STACK = "a2"

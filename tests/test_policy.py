@@ -26,8 +26,9 @@ from pulumi_policy import EnforcementLevel, Policy, ResourceValidationPolicy
 from pulumi_policy.policy import _PolicyAnalyzerServicer
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown_checking_proxy
 
-from components.profiles import PROFILES
-from components.specs import looks_secret
+from components.core import vocabulary
+from components.core.catalog import PROFILES
+from components.core.values import looks_secret
 from policy import validators as v
 from policy.validators import RULES, RULES_BY_NAME, StackContext, check_resource, check_rule
 from stacks.plan import PROJECT_DIR, Plan, PlannedResource, list_stacks, make_plan, read_stack_config
@@ -226,7 +227,7 @@ def test_unknown_profile_skips_only_profile_checks() -> None:
     """Profile `auto` during preview: the label is unknown, so MIG/CPU checks wait for `pulumi up`."""
     props = copy.deepcopy(resource(*BACKEND).inputs)
     mig_devices(props)
-    props["labels"] = [{"label": v.LABEL_PROFILE, "value": v.UNKNOWN}]
+    props["labels"] = [{"label": vocabulary.LABEL_PROFILE, "value": v.UNKNOWN}]
     props["user"] = "0:0"
     messages = check_resource(v.CONTAINER, props, StackContext(root="/srv/nlp-backend"), name="backend")
     assert not any("MIG" in m for m in messages)
@@ -237,8 +238,8 @@ def test_labels_override_the_config() -> None:
     """A container's io.gpu-deploy.* labels (what the program resolved) win over the stack config."""
     props = copy.deepcopy(resource(*BACKEND).inputs)
     props["labels"] = [
-        {"label": v.LABEL_PROFILE, "value": "a4000"},
-        {"label": v.LABEL_ROOT, "value": "/srv/other"},
+        {"label": vocabulary.LABEL_PROFILE, "value": "a4000"},
+        {"label": vocabulary.LABEL_ROOT, "value": "/srv/other"},
     ]
     mig_devices(props)
     messages = check_resource(v.CONTAINER, props, StackContext(profile="h100", root="/srv/nlp-backend"))
@@ -310,7 +311,7 @@ def test_context_from_pulumi_config() -> None:
     ],
 )
 def test_secret_names_are_the_config_validators_rule(name: str, secret: bool) -> None:
-    """The policy and the config validator share one rule (components.specs.looks_secret)."""
+    """The policy and the config validator share one rule (components.core.values.looks_secret)."""
     assert looks_secret(name) is secret
 
 
@@ -496,7 +497,7 @@ def test_k8s_gpu_and_mig_against_the_profile() -> None:
 
 def test_k8s_labels_carry_the_profile() -> None:
     props = deployment()
-    props["spec"]["template"]["metadata"]["labels"][v.LABEL_PROFILE] = "cpu"
+    props["spec"]["template"]["metadata"]["labels"][vocabulary.LABEL_PROFILE] = "cpu"
     messages = check_resource(DEPLOYMENT, props, StackContext(profile="h100", root="/srv/ai4thai"))
     assert any("profile cpu has no GPU" in m for m in messages)
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 
-from components import preflight
-from components.preflight import ExitCode, GpuFacts, HostFacts, MigMode, check, inspect_host
-from components.profiles import PROFILES
+from components.core.catalog import PROFILES
+from components.host import preflight
+from components.host.preflight import ExitCode, GpuFacts, HostFacts, MigMode, check, inspect_host
+from components.remote.runners import runner_files
 
 REPO = Path(__file__).resolve().parents[1]
 FAKE_NVML = REPO / "tests" / "fake_nvml"
@@ -58,9 +59,9 @@ def cli(
 
 
 def repo_cli(*args: str, machine: dict[str, Any] | None) -> subprocess.CompletedProcess[str]:
-    """`python -m components.preflight ...` with the fake pynvml first on PYTHONPATH."""
+    """`python -m components.host.preflight ...` with the fake pynvml first on PYTHONPATH."""
     return cli(
-        "-m", "components.preflight", *args, machine=machine, pythonpath=f"{FAKE_NVML}{os.pathsep}{REPO}"
+        "-m", "components.host.preflight", *args, machine=machine, pythonpath=f"{FAKE_NVML}{os.pathsep}{REPO}"
     )
 
 
@@ -458,21 +459,21 @@ def test_cuda_driver_text() -> None:
 # --- the standalone bundle --------------------------------------------------------------------------------
 
 
-def test_bundle_holds_the_three_files() -> None:
-    files = preflight.bundle()
-    assert set(files) == {"preflight.py", "profiles.py", "pynvml.py"}
-    assert files["preflight.py"] == (REPO / "components" / "preflight.py").read_text()
-    assert files["profiles.py"] == (REPO / "components" / "profiles.py").read_text()
+def test_bundle_holds_the_preflight_its_catalog_and_nvml() -> None:
+    files = runner_files()
+    assert set(files) == {"preflight.py", "catalog.py", "pynvml.py", "smoke.py"}
+    assert files["preflight.py"] == REPO / "components" / "host" / "preflight.py"
+    assert files["catalog.py"] == REPO / "components" / "core" / "catalog.py"
     spec = importlib.util.find_spec("pynvml")
     assert spec is not None
     assert spec.origin is not None
-    assert files["pynvml.py"] == Path(spec.origin).read_text()
-    assert "def nvmlInit" in files["pynvml.py"]
+    assert files["pynvml.py"] == Path(spec.origin)
+    assert "def nvmlInit" in files["pynvml.py"].read_text()
 
 
 def write_bundle(folder: Path, fake: bool) -> None:
-    for name, text in preflight.bundle().items():
-        (folder / name).write_text(text)
+    for name, path in runner_files().items():
+        (folder / name).write_text(path.read_text())
     if fake:
         (folder / "pynvml.py").write_text((FAKE_NVML / "pynvml.py").read_text())
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from components.cuda_image import BuildRecipe, context_digest, context_files, release_tag
+from components.docker.image import BuildRecipe, context_digest, context_files, release_tag
 
 
 def make_context(root: Path, files: list[str], ignore: str | None) -> Path:
@@ -119,7 +119,7 @@ def test_a_large_file_is_streamed(tmp_path: Path) -> None:
 def test_a_context_too_large_is_refused_without_reading_it_all(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from components import cuda_image
+    from components.docker import image as cuda_image
 
     root = make_context(tmp_path, ["a", "b", "c"], None)
     monkeypatch.setattr(cuda_image, "MAX_CONTEXT_FILES", 3)

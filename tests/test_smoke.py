@@ -1,4 +1,4 @@
-"""Tests for components/smoke.py against real HTTP servers on 127.0.0.1 and a stub docker."""
+"""Tests for components/host/smoke.py against real HTTP servers on 127.0.0.1 and a stub docker."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from components import smoke
+from components.host import smoke
 
 SMOKE_PY = Path(smoke.__file__).resolve()
 

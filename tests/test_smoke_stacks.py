@@ -49,7 +49,7 @@ def test_prod_smoke_runs_the_write_ups_checks_on_the_host_after_every_service() 
     copy = plan.named("command:remote:CopyToRemote", "runners-smoke")
     assert copy.urn in run.options["dependsOn"]
     assert copy.inputs["remotePath"] == ".gpu-deploy/prod/smoke.py", "under the deploy user's home"
-    assert copy.inputs["source"]["path"] == "components/smoke.py"
+    assert copy.inputs["source"]["path"] == "components/host/smoke.py"
     assert f"RUNNER_FILES={copy.inputs['source']['hash']}  smoke.py" in argv, "what runs is what was copied"
 
 

@@ -1,4 +1,4 @@
-"""Both transports to a GPU host use one connection: components/ssh.py, read back by the real ssh client.
+"""Both transports to a GPU host use one connection: components/remote/ssh.py, read back by the real ssh client.
 
 `ssh -G` prints the configuration ssh would use for a connection without making it, so these tests show
 what OpenSSH itself makes of the Docker provider's sshOpts, given in the order the Docker CLI's ssh
@@ -20,9 +20,15 @@ from typing import Any
 import pulumi_command as command
 import pytest
 
-import components.ssh
-from components.specs import SECRET_PLACEHOLDER
-from components.ssh import SshTarget, command_connection, docker_ssh_opts, identity_file, write_identity
+import components.remote.ssh
+from components.core.vocabulary import SECRET_PLACEHOLDER
+from components.remote.ssh import (
+    SshTarget,
+    command_connection,
+    docker_ssh_opts,
+    identity_file,
+    write_identity,
+)
 from stacks.plan import Plan
 from tests.plans import DOCKER_PROVIDER, REMOTE_COMMAND, plan_with
 
@@ -112,7 +118,7 @@ def test_the_key_file_and_the_bastion_follow_the_remote_commands(tmp_path: Path)
 
 
 def test_write_identity_is_private_and_stable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(components.ssh, "local_home", lambda: tmp_path)
+    monkeypatch.setattr(components.remote.ssh, "local_home", lambda: tmp_path)
     path = identity_file("gpu-deploy", "prod")
     write_identity(path, SECRET_PLACEHOLDER)
     assert not (tmp_path / ".ssh").exists(), "the plan's placeholder is never written"
@@ -137,7 +143,7 @@ def test_a_stack_with_a_key_and_a_bastion_plans_one_connection(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The planned provider uses the stack's key file and bastion; the key itself is never planned."""
-    monkeypatch.setattr(components.ssh, "local_home", lambda: tmp_path)
+    monkeypatch.setattr(components.remote.ssh, "local_home", lambda: tmp_path)
     key = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n"
 
     def edit(config: dict[str, object]) -> None:

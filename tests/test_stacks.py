@@ -432,7 +432,7 @@ def test_auto_plan_shows_the_build_as_a_deploy_does(tmp_path: Path) -> None:
 
 
 def test_count_requests_get_distinct_devices_of_the_host() -> None:
-    from components.specs import place_gpu_counts
+    from components.core.values import place_gpu_counts
 
     gpus = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
     assert place_gpu_counts({"vision": 1, "worker": 1, "train": 2}, gpus) == {

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
-from components.ssh import local_home
+from components.remote.ssh import local_home
 from stacks.plan import Plan, PlannedResource, make_plan
 from tests.real import engine_api
 from tests.real.engine import Engine
@@ -164,7 +164,7 @@ def deploy(
     tmp_path_factory: pytest.TempPathFactory, ssh_hosts: SshHosts, engine: Engine, base_images: BaseImages
 ) -> Iterator[Deploy]:
     tmp = tmp_path_factory.mktemp("deploy")
-    # A root where a real one would be: /tmp is a system location a stack may not use (components.specs).
+    # A root where a real one would be: /tmp is a system location a stack may not use (components.core.values).
     # This run's own directory under /srv, removed afterwards.
     base = Path(tempfile.mkdtemp(prefix=f"gdt-{os.getpid()}-", dir="/srv"))
     base.chmod(0o755)
@@ -244,8 +244,8 @@ def test_runners_are_copied_to_the_deploy_users_own_place_and_cannot_be_swapped(
     user = deploy.hosts.deploy_user
     runners = user.home / ".gpu-deploy" / STACK
     assert sorted(p.name for p in runners.iterdir()) == [
+        "catalog.py",
         "preflight.py",
-        "profiles.py",
         "pynvml.py",
         "smoke.py",
     ]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from components.host import SMOKE_RUNNER
 from tests.real import requirements
 from tests.real.engine import Engine
 from tests.real.hosts import SshHosts, keygen, run_as
@@ -78,7 +79,7 @@ def test_python3_image_runs_python3(engine: Engine, base_images: BaseImages) -> 
 
 
 def test_python3_image_runs_the_smoke_runner(engine: Engine, base_images: BaseImages) -> None:
-    runner = (Path(__file__).parents[2] / "components" / "smoke.py").read_text()
+    runner = SMOKE_RUNNER.read_text()
     result = engine.docker_cli(
         "run", "--rm", "-i", base_images.python3, "python3", "-", "--help", input=runner
     )

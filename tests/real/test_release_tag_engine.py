@@ -1,5 +1,5 @@
 """The release tag hashes exactly what Docker sends: the same context built by the real Docker CLI and
-engine, its files listed from the image, against `components.cuda_image.context_files`. Cases as in
+engine, its files listed from the image, against `components.docker.image.context_files`. Cases as in
 tests/test_release_tag.py: `*` that stops at `/`, `**`, `!` exceptions, a leading `/`, `.git`.
 
 `FROM scratch` + `COPY . /ctx/` puts every file the build context holds into the image, so the image's

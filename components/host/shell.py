@@ -1,4 +1,4 @@
-"""The host provisioning scripts (components/scripts/*.sh) as text to run over SSH.
+"""The host provisioning scripts (components/host/scripts/*.sh) as text to run over SSH.
 
 Each script sources common.sh when run from disk. `script()` inlines common.sh in place of that
 `source` line, so the text is self-contained and runs as `bash -s` with the script on stdin:

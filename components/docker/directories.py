@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import pulumi
 import pulumi_command as command
 
-from components import host_scripts
+from components.core.values import UserSpec
+from components.host import shell as host_scripts
 from components.options import child_options
-from components.specs import UserSpec
 
 
 class HostDirectories(pulumi.ComponentResource):

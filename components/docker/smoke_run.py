@@ -1,7 +1,7 @@
 """SmokeTest: after the services are healthy, prove one answers like the real thing, where it stands.
 
 Creates, over SSH (or locally for `host: local`), one command that runs the standard-library smoke runner
-(components/smoke.py, copied to the host by HostRunners and checked before it runs) against the service's
+(components/host/smoke.py, copied to the host by HostRunners and checked before it runs) against the service's
 published port and inside its container, with the checks on stdin (request headers never reach a command
 line), a deadline and retries while the model warms up. A failed check fails `pulumi up` with the runner's
 one line: the check, and the response it got with secret-looking values masked. Exit codes: 1 missing tool,
@@ -16,16 +16,14 @@ import os
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_command as command
 
+from components.host import SMOKE_RUNNER
 from components.options import child_options
-from components.runners import HostRunners
-
-SMOKE_RUNNER = Path(__file__).resolve().parent / "smoke.py"
+from components.remote.runners import HostRunners
 
 
 @dataclass(frozen=True)

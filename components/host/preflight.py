@@ -1,7 +1,7 @@
 """GPU preflight: does this host have the card, the driver and the MIG mode a profile needs?
 
-Runs in the repo as ``python -m components.preflight --profile h100 [--json]`` and standalone on a GPU
-host, copied into a folder beside ``profiles.py`` and ``pynvml.py`` (see :func:`bundle`), as
+Runs in the repo as ``python -m components.host.preflight --profile h100 [--json]`` and standalone on a GPU
+host, copied beside ``catalog.py`` and ``pynvml.py`` (by components/remote/runners.py), as
 ``python3 preflight.py --profile h100``. It needs only the standard library and ``pynvml``
 (nvidia-ml-py), and keeps to Python 3.8+ syntax at runtime so an older host interpreter runs it.
 
@@ -50,17 +50,16 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from components import profiles
+    from components.core import catalog
 else:
     try:  # in the repo
-        from components import profiles
-    except ImportError:  # standalone, copied beside profiles.py
-        import profiles
+        from components.core import catalog
+    except ImportError:  # standalone, copied beside catalog.py
+        import catalog
 
 MEMORY_TOLERANCE = 0.10  # a card's NVML total may differ from the catalog's figure by ECC and firmware
 _MIB = 1024 * 1024
@@ -217,23 +216,23 @@ def inspect_host(nvml: ModuleType) -> HostFacts:
 # --- checking ----------------------------------------------------------------------------------------
 
 
-def detect_profile(facts: HostFacts) -> tuple[profiles.GpuProfile | None, list[Problem], list[str]]:
+def detect_profile(facts: HostFacts) -> tuple[catalog.GpuProfile | None, list[Problem], list[str]]:
     """`--profile auto`: (profile or None, problems, warnings)."""
     if facts.nvml_failure is not None and not facts.no_driver:
         return None, [facts.nvml_failure], []
     if facts.no_driver or not facts.gpus:
         why = facts.nvml_failure.message if facts.nvml_failure else "NVML finds no GPU"
-        return profiles.PROFILES["cpu"], [], [f"--profile auto resolves to cpu: {why}"]
+        return catalog.PROFILES["cpu"], [], [f"--profile auto resolves to cpu: {why}"]
     first = facts.gpus[0]
-    profile = profiles.profile_for_nvml_name(first.name)
+    profile = catalog.profile_for_nvml_name(first.name)
     if profile is None:
-        known = ", ".join(name for p in profiles.PROFILES.values() for name in p.nvml_names)
+        known = ", ".join(name for p in catalog.PROFILES.values() for name in p.nvml_names)
         message = f"GPU 0 is a {first.name!r}, not in the profile catalog (known: {known}); pass --profile"
         return None, [Problem(ExitCode.GPU_MISMATCH, message)], []
     return profile, [], []
 
 
-def _model_problems(gpu: GpuFacts, profile: profiles.GpuProfile) -> list[Problem]:
+def _model_problems(gpu: GpuFacts, profile: catalog.GpuProfile) -> list[Problem]:
     expected = " or ".join(repr(name) for name in profile.nvml_names)
     if gpu.name not in profile.nvml_names:
         message = (
@@ -262,13 +261,13 @@ def _model_problems(gpu: GpuFacts, profile: profiles.GpuProfile) -> list[Problem
 
 
 def _driver_problems(
-    driver: str | None, profile: profiles.GpuProfile, min_driver: str | None
+    driver: str | None, profile: catalog.GpuProfile, min_driver: str | None
 ) -> list[Problem]:
     minimum = min_driver or profile.min_driver
     if minimum is None or driver is None:
         return []
     try:
-        too_old = profiles.parse_version(driver) < profiles.parse_version(minimum)
+        too_old = catalog.parse_version(driver) < catalog.parse_version(minimum)
     except ValueError:
         return [Problem(ExitCode.DRIVER_TOO_OLD, f"cannot read the driver version {driver!r}")]
     if not too_old:
@@ -276,13 +275,13 @@ def _driver_problems(
     if min_driver:
         why = "set by --min-driver"
     else:
-        cuda = profiles.cuda_major_minor(profile.cuda_version or "0.0.0")
+        cuda = catalog.cuda_major_minor(profile.cuda_version or "0.0.0")
         why = f"for CUDA {cuda} with {profile.wheel_flavour} wheels, profile {profile.key}"
     message = f"driver {driver} is below {minimum} ({why}); install the {profile.driver_branch} branch"
     return [Problem(ExitCode.DRIVER_TOO_OLD, message)]
 
 
-def _mig_problems(facts: HostFacts, profile: profiles.GpuProfile) -> list[Problem]:
+def _mig_problems(facts: HostFacts, profile: catalog.GpuProfile) -> list[Problem]:
     if not profile.is_gpu:
         return [Problem(ExitCode.MIG, "MIG required but the cpu profile has no GPU")]
     if not profile.mig_capable:
@@ -306,7 +305,7 @@ def _mig_problems(facts: HostFacts, profile: profiles.GpuProfile) -> list[Proble
 
 def check(
     facts: HostFacts,
-    profile: profiles.GpuProfile,
+    profile: catalog.GpuProfile,
     *,
     min_driver: str | None = None,
     require_mig: bool = False,
@@ -385,7 +384,7 @@ def facts_lines(facts: HostFacts) -> list[str]:
     return lines
 
 
-def _ok_line(facts: HostFacts, profile: profiles.GpuProfile, min_driver: str | None) -> str:
+def _ok_line(facts: HostFacts, profile: catalog.GpuProfile, min_driver: str | None) -> str:
     if not profile.is_gpu:
         return "OK: profile cpu (no GPU required)"
     minimum = min_driver or profile.min_driver
@@ -398,7 +397,7 @@ def _ok_line(facts: HostFacts, profile: profiles.GpuProfile, min_driver: str | N
 
 def _version(text: str) -> str:
     try:
-        profiles.parse_version(text)
+        catalog.parse_version(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -406,7 +405,7 @@ def _version(text: str) -> str:
 
 def _cuda_version(text: str) -> str:
     try:
-        profiles.cuda_major_minor(text)
+        catalog.cuda_major_minor(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -417,7 +416,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="preflight",
         description="Check that this host's GPUs, driver and MIG mode fit a gpu-deploy profile.",
     )
-    parser.add_argument("--profile", required=True, choices=[*profiles.PROFILES, "auto"])
+    parser.add_argument("--profile", required=True, choices=[*catalog.PROFILES, "auto"])
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--min-driver", type=_version, help="minimum driver, replacing the profile's")
     parser.add_argument(
@@ -446,8 +445,8 @@ class Outcome:
 
 
 def _with_cuda_override(
-    profile: profiles.GpuProfile, cuda_version: str | None
-) -> profiles.GpuProfile | Problem:
+    profile: catalog.GpuProfile, cuda_version: str | None
+) -> catalog.GpuProfile | Problem:
     if not cuda_version or not profile.is_gpu:
         return profile
     try:
@@ -461,11 +460,11 @@ def run(args: argparse.Namespace) -> Outcome:
     nvml = _load_nvml()
     facts = HostFacts(nvml_failure=nvml) if isinstance(nvml, Problem) else inspect_host(nvml)
     auto = args.profile == "auto"
-    profile: profiles.GpuProfile | Problem | None
+    profile: catalog.GpuProfile | Problem | None
     if auto:
         profile, problems, warnings = detect_profile(facts)
     else:
-        profile, problems, warnings = profiles.PROFILES[args.profile], [], []
+        profile, problems, warnings = catalog.PROFILES[args.profile], [], []
     if profile is not None:
         profile = _with_cuda_override(profile, args.cuda_version)
     if isinstance(profile, Problem):
@@ -501,19 +500,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for line in outcome.stderr:
         print(line, file=sys.stderr)
     return outcome.code
-
-
-def bundle() -> dict[str, str]:
-    """The files that run this preflight standalone on a host: copy them into one folder and run
-    ``python3 preflight.py --profile KEY``. pynvml.py is whichever module ``import pynvml`` finds."""
-    spec = importlib.util.find_spec("pynvml")
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        raise RuntimeError("the pynvml module (nvidia-ml-py) is not installed as a .py file")
-    return {
-        "preflight.py": Path(__file__).read_text(encoding="utf-8"),
-        "profiles.py": Path(profiles.__file__).read_text(encoding="utf-8"),
-        "pynvml.py": Path(spec.origin).read_text(encoding="utf-8"),
-    }
 
 
 if __name__ == "__main__":

@@ -22,10 +22,11 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components import host_scripts
+from components.core import catalog
+from components.host import PREFLIGHT, SMOKE_RUNNER
+from components.host import shell as host_scripts
 from components.options import child_options
 
-COMPONENTS_DIR = Path(__file__).resolve().parent
 PYTHON = ["python3", "-E", "-s", "-B"]  # no PYTHON* variables, no user site, no .pyc written beside the files
 
 
@@ -40,10 +41,10 @@ def runner_files() -> dict[str, Path]:
     """name on the host -> the local file: the preflight (with the catalog and the NVML bindings it
     imports from beside itself) and the smoke runner. Standard library only on the host."""
     return {
-        "preflight.py": COMPONENTS_DIR / "preflight.py",
-        "profiles.py": COMPONENTS_DIR / "profiles.py",
+        "preflight.py": PREFLIGHT,
+        "catalog.py": Path(catalog.__file__),
         "pynvml.py": _pynvml_file(),
-        "smoke.py": COMPONENTS_DIR / "smoke.py",
+        "smoke.py": SMOKE_RUNNER,
     }
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared functions for the host provisioning scripts in this directory.
 #
-# Each script sources this file when run from disk; components/host_scripts.py inlines it in
+# Each script sources this file when run from disk; components/host/shell.py inlines it in
 # place of the `source` line, so the text sent over SSH (`bash -s` on stdin) is self-contained.
 #
 # Common environment:

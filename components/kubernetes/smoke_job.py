@@ -1,7 +1,7 @@
 """SmokeJob: a service's smoke checks, run inside the cluster once its pods are ready.
 
 Creates, in order (children of the component, in `args.namespace`, which it does not create):
-1. the immutable ConfigMap `<service>-smoke-<hash>` holding `smoke.py` (components/smoke.py, byte for
+1. the immutable ConfigMap `<service>-smoke-<hash>` holding `smoke.py` (components/host/smoke.py, byte for
    byte: the same standard-library runner the Docker path copies to the host) and `checks.json`;
 2. the Job `<service>-smoke-<hash>`: `python3 /smoke/smoke.py --base-url http://<service>.<namespace>
    .svc.cluster.local:<port> --checks-file /smoke/checks.json --deadline D --interval 2` in the pinned
@@ -42,18 +42,17 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components import smoke
-from components.k8s_workload import restricted_container_security, restricted_pod_security
+from components.core.catalog import CPU_BASE_IMAGE
+from components.core.vocabulary import recommended_labels
+from components.host import SMOKE_RUNNER, smoke
+from components.kubernetes.workload import restricted_container_security, restricted_pod_security
 from components.options import child_options
-from components.profiles import CPU_BASE_IMAGE
 
-SMOKE_RUNNER = Path(__file__).resolve().parent / "smoke.py"
 MOUNT = "/smoke"
 RUNNER_KEY = "smoke.py"
 CHECKS_KEY = "checks.json"
@@ -68,7 +67,9 @@ class SmokeJobArgs:
     service: str  # the service under test: names, labels
     namespace: str
     base_url: str  # e.g. http://kokoro.ai.svc.cluster.local:8880
-    checks: Sequence[Mapping[str, Any]]  # components/smoke.py checks, http only (whenGpu already applied)
+    checks: Sequence[
+        Mapping[str, Any]
+    ]  # components/host/smoke.py checks, http only (whenGpu already applied)
     deadline_s: int = 180
     interval_s: int = 2
     image: str = CPU_BASE_IMAGE  # runs python3 (3.8+) from PATH
@@ -130,13 +131,7 @@ def check_args(args: SmokeJobArgs) -> None:
 
 def smoke_labels(service: str) -> dict[str, str]:
     """Recommended labels, never the service's own name/instance pair (its Service selects on those)."""
-    return {
-        "app.kubernetes.io/name": "gpu-deploy-smoke",
-        "app.kubernetes.io/instance": f"{service}-smoke",
-        "app.kubernetes.io/component": "smoke-test",
-        "app.kubernetes.io/part-of": "gpu-deploy",
-        "app.kubernetes.io/managed-by": "pulumi",
-    }
+    return recommended_labels("gpu-deploy-smoke", f"{service}-smoke", "smoke-test")
 
 
 class SmokeJob(pulumi.ComponentResource):

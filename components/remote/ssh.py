@@ -25,7 +25,8 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components.specs import SECRET_PLACEHOLDER, HostKey, parse_host_key
+from components.core.values import HostKey, parse_host_key
+from components.core.vocabulary import SECRET_PLACEHOLDER
 
 KEY_DIR = "~/.ssh/gpu-deploy"  # as ssh reads it: `~` is expanded by ssh itself, on whichever machine runs it
 ECHO = "/bin/echo"  # KnownHostsCommand runs a program by absolute path, without a shell

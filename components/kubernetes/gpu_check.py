@@ -25,8 +25,12 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.k8s_cluster import RUNTIME_CLASS
-from components.k8s_workload import product_affinity, restricted_container_security, restricted_pod_security
+from components.core.vocabulary import GPU_RESOURCE, LABEL_PROFILE, RUNTIME_CLASS, recommended_labels
+from components.kubernetes.workload import (
+    product_affinity,
+    restricted_container_security,
+    restricted_pod_security,
+)
 from components.options import child_options
 
 RUN_AS = 65534  # nobody: nvidia-smi needs no privileges
@@ -57,12 +61,7 @@ class GpuCheck(pulumi.ComponentResource):
         if args.capacity < 1 or not args.products:
             raise ValueError(f"a GPU check needs a capacity >= 1 and product labels, got {args}")
         super().__init__("gpu-deploy:kubernetes:GpuCheck", name, None, opts)
-        labels = {
-            "app.kubernetes.io/name": "gpu-check",
-            "app.kubernetes.io/instance": args.card,
-            "app.kubernetes.io/part-of": "gpu-deploy",
-            "app.kubernetes.io/managed-by": "pulumi",
-        }
+        labels = recommended_labels("gpu-check", args.card)
         count = str(args.capacity)
         container = k8s.core.v1.ContainerArgs(
             name="nvidia-smi",
@@ -82,7 +81,7 @@ class GpuCheck(pulumi.ComponentResource):
                 name=args.object_name(),
                 namespace=args.namespace,
                 labels=labels,
-                annotations={"pulumi.com/replaceUnready": "true", "io.gpu-deploy.profile": args.card},
+                annotations={"pulumi.com/replaceUnready": "true", LABEL_PROFILE: args.card},
             ),
             spec=k8s.batch.v1.JobSpecArgs(
                 backoff_limit=0,
@@ -96,7 +95,7 @@ class GpuCheck(pulumi.ComponentResource):
                         affinity=product_affinity(args.products),
                         tolerations=[
                             k8s.core.v1.TolerationArgs(
-                                key="nvidia.com/gpu", operator="Exists", effect="NoSchedule"
+                                key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"
                             )
                         ],
                         containers=[container],

@@ -43,26 +43,31 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+from components.core.catalog import GpuProfile, Sharing
+from components.core.vocabulary import (
+    CONFIG_NODE_LABEL,
+    DCGM_CHART,
+    DCGM_CHART_VERSION,
+    DCGM_REPO,
+    DEVICE_PLUGIN_CHART,
+    DEVICE_PLUGIN_REPO,
+    GPU_RESOURCE,
+    MIG_RESOURCE_PREFIX,
+    OPERATOR_CHART,
+    OPERATOR_CHART_VERSION,
+    OPERATOR_REPO,
+    PART_OF_LABELS,
+    RESERVED_NAMESPACES,
+    RUNTIME_CLASS,
+    SHARED_GPU_RESOURCE,
+)
 from components.options import child_options
-from components.profiles import GpuProfile, Sharing
 
 MigStrategy = Literal["none", "single", "mixed"]
 Distribution = Literal["microk8s", "generic"]
 
-GPU_RESOURCE = "nvidia.com/gpu"
-SHARED_GPU_RESOURCE = "nvidia.com/gpu.shared"  # what renameByDefault advertises instead
-RUNTIME_CLASS = "nvidia"
 CONFIG_MAP_NAME = "nvidia-device-plugin-config"
 DEFAULT_CONFIG = "default"
-CONFIG_NODE_LABEL = "nvidia.com/device-plugin.config"
-PRODUCT_LABEL = "nvidia.com/gpu.product"
-
-OPERATOR_REPO = "https://helm.ngc.nvidia.com/nvidia"
-OPERATOR_CHART = "gpu-operator"
-DEVICE_PLUGIN_REPO = "https://nvidia.github.io/k8s-device-plugin"
-DEVICE_PLUGIN_CHART = "nvidia-device-plugin"
-DCGM_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
-DCGM_CHART = "dcgm-exporter"
 DCGM_PORT = 9400
 
 # Where MicroK8s keeps containerd (the snap does not use /etc/containerd), for the operator's toolkit
@@ -74,7 +79,6 @@ MICROK8S_TOOLKIT_ENV: dict[str, str] = {
     "CONTAINERD_SET_AS_DEFAULT": "1",
 }
 
-RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 # A data key of the ConfigMap that is also a valid node label value.
 _CONFIG_KEY = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _SHARED: tuple[Sharing, ...] = ("time-slicing", "mps")
@@ -104,7 +108,7 @@ class OperatorSpec:
     enabled: bool = False
     driver: bool = False  # the operator's driver container; off when the host has a driver
     toolkit: bool = False  # the operator's container-toolkit container; off when the host has one
-    chart_version: str = "v25.3.0"
+    chart_version: str = OPERATOR_CHART_VERSION
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ class GpuClusterArgs:
     device_plugin_chart_version: str  # e.g. "0.17.1"
     dcgm: bool
     profile: GpuProfile
-    dcgm_chart_version: str = "4.1.3"  # dcgm-exporter chart; check `helm search repo` before bumping
+    dcgm_chart_version: str = DCGM_CHART_VERSION
     gpus_per_node: int = 1
     gpu_requests_total: int = 0  # nvidia.com/gpu asked for by all the stack's services together
 
@@ -267,7 +271,7 @@ def validate_sharing(
         )
 
     for name, count in (mig_requests or {}).items():
-        mig_profile = name.removeprefix("nvidia.com/mig-")
+        mig_profile = name.removeprefix(MIG_RESOURCE_PREFIX)
         if spec.mig_strategy != "mixed":
             raise ValueError(
                 f"MIG resource {name!r} exists only with mig_strategy mixed (got {spec.mig_strategy!r}); "
@@ -395,7 +399,7 @@ class GpuCluster(pulumi.ComponentResource):
         check_args(args)
         super().__init__("gpu-deploy:kubernetes:GpuCluster", name, None, opts)
         child = child_options(self, opts)
-        labels = {"app.kubernetes.io/part-of": "gpu-deploy", "app.kubernetes.io/managed-by": "pulumi"}
+        labels = dict(PART_OF_LABELS)
 
         self.namespace = k8s.core.v1.Namespace(
             f"{name}-namespace",

@@ -1,7 +1,7 @@
 """DockerHost: one Docker engine, reached through one explicit provider.
 
 Creates, in order:
-1. the `docker.Provider`: `ssh://user@host:port` with the `sshOpts` of components.ssh (the pinned host
+1. the `docker.Provider`: `ssh://user@host:port` with the `sshOpts` of components.remote.ssh (the pinned host
    key, the stack's private key and bastion: the same connection the remote commands use), or the local
    socket for `host: local`; with the registry's credentials (`registryAuth`), so a pinned-tag rollback
    pulls from a private registry with them;
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pulumi
 import pulumi_docker as docker
 
-from components.cuda_image import RegistryLogin
+from components.docker.image import RegistryLogin
 from components.options import child_options
 
 LOCAL_SOCKET = "unix:///var/run/docker.sock"

@@ -24,9 +24,9 @@ from typing import Any, Literal
 import pulumi
 import pulumi_command as command
 
-from components import host_scripts
+from components.host import shell as host_scripts
 from components.options import child_options
-from components.runners import HostRunners
+from components.remote.runners import HostRunners
 
 Action = Literal["install", "verify", "skip"]
 
@@ -139,9 +139,9 @@ class GpuHost(pulumi.ComponentResource):
     ) -> command.local.Command | command.remote.Command:
         if self._connection is None or self._runners is None:
             # The machine running Pulumi is the host: its own virtualenv has pynvml.
-            run = shlex.join([".venv/bin/python", "-m", "components.preflight", *request.arguments()])
+            run = shlex.join([".venv/bin/python", "-m", "components.host.preflight", *request.arguments()])
             return self._command("preflight", run, None, after)
-        run = self._runners.command("preflight.py", request.arguments(), needs=["profiles.py", "pynvml.py"])
+        run = self._runners.command("preflight.py", request.arguments(), needs=["catalog.py", "pynvml.py"])
         return self._command("preflight", run, None, [*after, *self._runners.copies])
 
     def _command(

@@ -46,11 +46,17 @@ from typing import Literal
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.k8s_cluster import GPU_RESOURCE, PRODUCT_LABEL, RUNTIME_CLASS
+from components.core.values import UserSpec, check_image_pinned
+from components.core.vocabulary import (
+    GPU_RESOURCE,
+    LABEL_PROFILE,
+    PRODUCT_LABEL,
+    RUNTIME_CLASS,
+    recommended_labels,
+)
 from components.options import child_options
-from components.specs import UserSpec, check_image_pinned
 
-PROFILE_ANNOTATION = "io.gpu-deploy.profile"
+PROFILE_ANNOTATION = LABEL_PROFILE
 
 VARIANT_LABEL = "gpu-deploy/variant"
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -181,14 +187,8 @@ def check_args(args: GpuWorkloadArgs) -> None:
             raise ValueError(f"{args.name}: probe timeout_s must be shorter than interval_s")
 
 
-def recommended_labels(args: GpuWorkloadArgs) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": args.name,
-        "app.kubernetes.io/instance": args.name,
-        "app.kubernetes.io/component": args.component,
-        "app.kubernetes.io/part-of": "gpu-deploy",
-        "app.kubernetes.io/managed-by": "pulumi",
-    }
+def workload_labels(args: GpuWorkloadArgs) -> dict[str, str]:
+    return recommended_labels(args.name, args.name, args.component)
 
 
 def _probe(spec: ProbeSpec, default_port: int | None, failure_threshold: int) -> k8s.core.v1.ProbeArgs:
@@ -262,7 +262,7 @@ class GpuWorkload(pulumi.ComponentResource):
         check_args(args)
         super().__init__("gpu-deploy:kubernetes:GpuWorkload", name, None, opts)
         self._args = args
-        self._labels = recommended_labels(args)
+        self._labels = workload_labels(args)
         self._opts = opts
         child = child_options(self, opts)
         # A claim holds data (models, caches): disabling, renaming or moving the service, or destroying the

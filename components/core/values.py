@@ -71,10 +71,6 @@ class UserSpec:
         return f"{self.uid}:{self.gid}"
 
 
-# What tools show instead of a secret value, and instead of a value known only once a deployment runs.
-SECRET_PLACEHOLDER = "[secret]"  # noqa: S105 - a placeholder, not a secret
-UNKNOWN_PLACEHOLDER = "[unknown]"
-
 # A name reads like a credential when one of its segments (split on anything but letters and digits)
 # is or ends in a credential word (DB_PASSWORD, AUTHTOKEN, x-api-key's `key` after `api`), or two
 # segments name one (JWT_SIGNING_KEY, PRIVATE_KEY). TOKENIZERS_PARALLELISM and HOST_KEY are not.

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_docker as docker
 
+from components.core.values import NO_GPU, GpuRequest, PortMapping, UserSpec
+from components.core.vocabulary import LABEL_AFTER_JOBS
 from components.options import child_options
-from components.specs import NO_GPU, GpuRequest, PortMapping, UserSpec
 
 LOG_OPTIONS = {"max-size": "10m", "max-file": "3"}
 
@@ -129,7 +130,7 @@ class GpuContainer(pulumi.ComponentResource):
         ]
         if args.must_succeed:
             gate = pulumi.Output.all(*args.must_succeed).apply(_check_exit)
-            label_args.append(docker.ContainerLabelArgs(label="io.gpu-deploy.after-jobs", value=gate))
+            label_args.append(docker.ContainerLabelArgs(label=LABEL_AFTER_JOBS, value=gate))
 
         health = args.healthcheck
         self.container = docker.Container(
