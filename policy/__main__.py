@@ -6,7 +6,7 @@ checks them against the stack context built from the stack's config (the engine 
 PULUMI_CONFIG) and reports one violation per message.
 
 Building the PolicyPack starts the analyzer's gRPC server and blocks, so nothing imports this module:
-tests/test_policy.py runs the rules directly, and starts this pack as the engine does
+tests/policy/test_policy.py runs the rules directly, and starts this pack as the engine does
 (`python -m pulumi.policy ENGINE .` in policy/) to check what it serves over gRPC.
 
 Setup: `python -m venv policy/venv && policy/venv/bin/pip install -r policy/requirements.txt`

@@ -65,7 +65,7 @@ K8S_GPU = GPU_RESOURCE  # also nvidia.com/gpu.shared when time-slicing renames t
 K8S_MIG_PREFIX = MIG_RESOURCE_PREFIX
 K8S_GPU_PRODUCT = PRODUCT_LABEL
 
-# The same names stacks/config.py refuses in plain env (kept in step by tests/test_policy.py).
+# The same names stacks/config.py refuses in plain env (kept in step by tests/policy/test_policy.py).
 _ASSIGNMENT = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.*)$", re.DOTALL)
 _CUDA_TAG = re.compile(r"^(\d+)\.(\d+)(?:\.\d+)?(?:-|$)")
 _WHEEL_FLAVOUR = re.compile(r"/(cu(\d+))/?$")

@@ -1,6 +1,6 @@
 """The release tag hashes exactly what Docker sends: the same context built by the real Docker CLI and
 engine, its files listed from the image, against `components.docker.image.context_files`. Cases as in
-tests/test_release_tag.py: `*` that stops at `/`, `**`, `!` exceptions, a leading `/`, `.git`.
+tests/stacks/test_release_tag.py: `*` that stops at `/`, `**`, `!` exceptions, a leading `/`, `.git`.
 
 `FROM scratch` + `COPY . /ctx/` puts every file the build context holds into the image, so the image's
 file list is what the Docker CLI sent after applying .dockerignore (moby/patternmatcher). The legacy
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.real.engine import Engine
-from tests.test_release_tag import CASES, FILES, make_context, sent_files
+from tests.stacks.test_release_tag import CASES, FILES, make_context, sent_files
 
 
 def files_docker_sent(engine: Engine, context: Path, tag: str) -> set[str]:

@@ -1208,7 +1208,9 @@ def test_configure_runtime_restarts_only_on_change(
     assert not [c for c in host.calls() if c.startswith(("systemctl", "snap", "microk8s"))]
 
 
-MICROK8S_TEMPLATE = Path(__file__).parent / "upstream" / "microk8s-1.30-containerd-template.toml"
+MICROK8S_TEMPLATE = (
+    Path(__file__).resolve().parents[1] / "upstream" / "microk8s-1.30-containerd-template.toml"
+)
 
 
 def render_like_microk8s(template: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import pytest
 from components.core.catalog import CPU_BASE_IMAGE, PROFILES
 from tests.tools import dev_tool
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONTEXT = ROOT / "images"
 DOCKERFILE = CONTEXT / "cuda-python" / "Dockerfile"
 DOCKERIGNORE = CONTEXT / ".dockerignore"

@@ -30,7 +30,15 @@ from policy.validators import StackContext, check_resource
 from stacks.config import NAMESPACE, smoke_checks
 from stacks.plan import PROJECT_DIR, Plan, PlannedResource, make_plan, read_stack_config
 from tests.plans import plan_with, stack_config
-from tests.test_kubernetes_stack import STACK, cli, edited_file, k8s_version, manifest_of, objects, services
+from tests.stacks.test_kubernetes_stack import (
+    STACK,
+    cli,
+    edited_file,
+    k8s_version,
+    manifest_of,
+    objects,
+    services,
+)
 
 JOB = "kubernetes:batch/v1:Job"
 CONFIG_MAP = "kubernetes:core/v1:ConfigMap"
@@ -164,7 +172,7 @@ def test_the_job_waits_for_its_own_workload_only(plan: Plan) -> None:
 def test_the_policy_pack_passes_on_the_smoke_jobs(plan: Plan) -> None:
     context = StackContext.from_config(read_stack_config(PROJECT_DIR, STACK)[1], stack=STACK)
     jobs = plan.by_type(JOB)
-    assert len(jobs) == 3  # two smoke tests and the GPU check (tests/test_kubernetes_stack.py)
+    assert len(jobs) == 3  # two smoke tests and the GPU check (tests/stacks/test_kubernetes_stack.py)
     for job in jobs:
         assert check_resource(job.type, job.inputs, context, name=job.name) == [], job.name
 

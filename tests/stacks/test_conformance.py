@@ -45,7 +45,7 @@ from tests.plans import (
     stack_config,
 )
 
-UPSTREAM = Path(__file__).resolve().parent / "upstream"
+UPSTREAM = Path(__file__).resolve().parents[1] / "upstream"
 COMMAND_SCHEMA_FILE = UPSTREAM / "pulumi-command-1.2.1.schema.json"
 DOCKER_SCHEMA_FILE = UPSTREAM / "pulumi-docker-5.1.0.schema.json"
 COPY_TO_REMOTE = "command:remote:CopyToRemote"

@@ -27,7 +27,7 @@ from components.host.shell import command_line, command_with_script
 from stacks.config import ConfigError, StackConfig, check_secure_places, validate, validate_with_secrets
 from stacks.plan import make_plan
 from tests.plans import containers, env_of, stack_config, write_config
-from tests.test_config import BASE, changed, rejected
+from tests.stacks.test_config import BASE, changed, rejected
 
 EXAMPLES = 200
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -199,7 +199,7 @@ def test_every_shipped_stack_takes_an_encrypted_value_and_stays_readable(tmp_pat
     assert "c2VjcmV0IHZhbHVl" not in text
     first = next(iter(stack_config(stack)["gpu-deploy:services"]))
     if stack == "a2":
-        return  # env reaches the Deployment through the workload's Secret (tests/test_kubernetes_stack.py)
+        return  # env reaches the Deployment through the workload's Secret (tests/stacks/test_kubernetes_stack.py)
     plain = env_of(containers(plan)[first])
     declared = stack_config(stack)["gpu-deploy:services"][first].get("env", {})
     assert {k: plain.get(k) for k in declared} == {k: str(v) for k, v in declared.items()}, (

@@ -12,7 +12,7 @@ import pytest
 
 from stacks.plan import Plan, make_plan
 from tests.plans import plan_with
-from tests.test_kubernetes_stack import STACK, two_card_cluster
+from tests.stacks.test_kubernetes_stack import STACK, two_card_cluster
 
 POD_TEMPLATES = {
     "kubernetes:apps/v1:Deployment": ("spec", "template", "spec"),

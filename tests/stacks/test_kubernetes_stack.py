@@ -131,7 +131,7 @@ def test_every_kubernetes_object_validates_for_the_stacks_version(
         + ["ConfigMap", "PersistentVolumeClaim"]
         + ["Deployment"] * 4  # kokoro, kokoro-cpu, faster-whisper, faster-whisper-cpu
         + ["Service"] * 2
-        + ["ConfigMap", "Job"] * 2  # the smoke tests (tests/test_k8s_smoke.py)
+        + ["ConfigMap", "Job"] * 2  # the smoke tests (tests/kubernetes/test_smoke_job.py)
         + ["Job"]  # the GPU check before the workloads
     )
     assert [r.name for r in chosen.by_type(RELEASE)] == ["nvidia-gpu-operator"]

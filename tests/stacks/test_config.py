@@ -23,7 +23,7 @@ from components.core.catalog import PROFILES, GpuProfile
 from components.core.values import GpuRequest
 from stacks.config import ConfigError, DockerTarget, StackConfig, resolve_profile, validate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPP40HostKeyPlaceholderReplaceMe000000000000"
 GPU_UUID = "GPU-5f3c2b1a-7d6e-4c5b-9a8f-0e1d2c3b4a59"
 MIG_UUID = "MIG-4f3c2b1a-aaaa-bbbb-cccc-1234567890ab"

@@ -19,7 +19,7 @@ from components.host import preflight
 from components.host.preflight import ExitCode, GpuFacts, HostFacts, MigMode, check, inspect_host
 from components.remote.runners import runner_files
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FAKE_NVML = REPO / "tests" / "fake_nvml"
 NO_DRIVER = "no NVIDIA driver: NVML library not found (install the driver, or use profile cpu)"
 

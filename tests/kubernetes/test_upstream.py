@@ -31,7 +31,7 @@ from components.kubernetes.cluster import (
     validate_sharing,
 )
 
-UPSTREAM = Path(__file__).parent / "upstream"
+UPSTREAM = Path(__file__).resolve().parents[1] / "upstream"
 
 
 class Refused(ValueError):
