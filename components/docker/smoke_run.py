@@ -21,7 +21,7 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
-from components.host import SMOKE_RUNNER
+from components.host import SMOKE_RUNNER, smoke
 from components.options import child_options
 from components.remote.runners import HostRunners
 
@@ -37,18 +37,10 @@ class SmokeSpec:
     secret: bool = False  # the checks carry a credential (a header from secretEnv): stdin is a secret
 
     def arguments(self) -> list[str]:
-        return [
-            "--base-url",
-            self.base_url,
-            "--checks-file",
-            "-",
-            "--container",
-            self.container_name,
-            "--deadline",
-            str(self.deadline_s),
-            "--interval",
-            str(self.interval_s),
-        ]
+        """The checks go in on stdin (`-`): a header from secretEnv never reaches a command line."""
+        return smoke.command_arguments(
+            self.base_url, "-", self.deadline_s, self.interval_s, container=self.container_name
+        )
 
 
 class SmokeTest(pulumi.ComponentResource):

@@ -8,7 +8,7 @@ Each script sources common.sh when run from disk. `script()` inlines common.sh i
 run-verified.sh, which guards the programs copied to the host, travels on the command line instead
 (`command_with_script`), since those programs read stdin themselves.
 
-Exit codes are shared by all scripts and documented in common.sh (see EXIT_CODES).
+Exit codes are shared by all scripts and documented in common.sh's header.
 """
 
 from __future__ import annotations
@@ -22,23 +22,6 @@ SCRIPTS_DIR: Path = Path(__file__).resolve().parent / "scripts"
 COMMON = "common.sh"
 SOURCE_LINE = 'source "$(dirname "${BASH_SOURCE[0]}")/common.sh"'
 SELF_CONTAINED = frozenset({"run-verified"})  # sent on a command line: kept small, common.sh not inlined
-
-# The shared exit-code table of common.sh.
-EXIT_CODES: dict[int, str] = {
-    0: "success",
-    10: "unsupported operating system",
-    11: "needs root or passwordless sudo",
-    12: "download or key verification failed",
-    13: "package installation failed",
-    14: "NVIDIA driver not working",
-    15: "reboot required (REBOOT=never): reboot, then run pulumi up again",
-    16: "rebooting now: run pulumi up again once the host is back",
-    17: "container runtime configuration or restart failed",
-    18: "GPU container check failed",
-    19: "bad parameters",
-    20: "NVIDIA Container Toolkit not working",
-    21: "a runner copied to the host is not safe to run (owner, mode or content)",
-}
 
 _ENV_KEY = re.compile(r"[A-Z_][A-Z0-9_]*")
 

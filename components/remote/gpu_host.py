@@ -24,6 +24,7 @@ from typing import Any, Literal
 import pulumi
 import pulumi_command as command
 
+from components.host import PREFLIGHT
 from components.host import shell as host_scripts
 from components.options import child_options
 from components.remote.runners import HostRunners
@@ -45,15 +46,12 @@ class Provisioning:
 class PreflightRequest:
     profile: str  # a profile key, or "auto"
     cuda_version: str | None = None
-    min_driver: str | None = None
     require_mig: bool = False
 
     def arguments(self) -> list[str]:
         args = ["--profile", self.profile, "--json"]
         if self.cuda_version:
             args += ["--cuda-version", self.cuda_version]
-        if self.min_driver:
-            args += ["--min-driver", self.min_driver]
         if self.require_mig:
             args.append("--require-mig")
         return args
@@ -141,7 +139,7 @@ class GpuHost(pulumi.ComponentResource):
             # The machine running Pulumi is the host: its own virtualenv has pynvml.
             run = shlex.join([".venv/bin/python", "-m", "components.host.preflight", *request.arguments()])
             return self._command("preflight", run, None, after)
-        run = self._runners.command("preflight.py", request.arguments(), needs=["catalog.py", "pynvml.py"])
+        run = self._runners.command(PREFLIGHT.name, request.arguments())
         return self._command("preflight", run, None, [*after, *self._runners.copies])
 
     def _command(

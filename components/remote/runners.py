@@ -23,7 +23,7 @@ import pulumi
 import pulumi_command as command
 
 from components.core import catalog
-from components.host import PREFLIGHT, SMOKE_RUNNER
+from components.host import PREFLIGHT, SMOKE_FILES, SMOKE_RUNNER
 from components.host import shell as host_scripts
 from components.options import child_options
 
@@ -39,13 +39,20 @@ def _pynvml_file() -> Path:
 
 def runner_files() -> dict[str, Path]:
     """name on the host -> the local file: the preflight (with the catalog and the NVML bindings it
-    imports from beside itself) and the smoke runner. Standard library only on the host."""
+    imports from beside itself) and the smoke runner (with its modules). Standard library only on the host."""
     return {
         "preflight.py": PREFLIGHT,
         "catalog.py": Path(catalog.__file__),
         "pynvml.py": _pynvml_file(),
-        "smoke.py": SMOKE_RUNNER,
+        **SMOKE_FILES,
     }
+
+
+# program -> the files it imports from beside itself, which run-verified.sh checks with it
+IMPORTS: dict[str, tuple[str, ...]] = {
+    PREFLIGHT.name: ("catalog.py", "pynvml.py"),
+    SMOKE_RUNNER.name: tuple(name for name in SMOKE_FILES if name != SMOKE_RUNNER.name),
+}
 
 
 def sha256_of(path: Path) -> str:
@@ -82,10 +89,10 @@ class HostRunners(pulumi.ComponentResource):
         ]
         self.register_outputs({"directory": self.directory, "files": sorted(self.files)})
 
-    def command(self, program: str, args: Sequence[str], needs: Sequence[str] = ()) -> str:
+    def command(self, program: str, args: Sequence[str]) -> str:
         """`python3 PROGRAM ARGS` in the runner directory, after run-verified.sh has checked PROGRAM and
-        the files it imports (`needs`)."""
-        checked = [program, *needs]
+        the files it imports (IMPORTS)."""
+        checked = [program, *IMPORTS.get(program, ())]
         sums = "\n".join(f"{sha256_of(self.files[f])}  {f}" for f in checked)
         return host_scripts.command_with_script(
             "run-verified",

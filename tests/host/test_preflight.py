@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import importlib.util
 import json
@@ -15,35 +16,17 @@ from typing import Any
 import pytest
 
 from components.core.catalog import PROFILES
-from components.host import preflight
+from components.host import PREFLIGHT, SMOKE_RUNNER, preflight
 from components.host.preflight import ExitCode, GpuFacts, HostFacts, MigMode, check, inspect_host
-from components.remote.runners import runner_files
+from components.remote.runners import IMPORTS, runner_files
+from tests.fake_nvml.cards import A2, A4000, BY_PROFILE, H100_PCIE, H100_SXM, P40
+from tests.fake_nvml.cards import machine as host
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_NVML = REPO / "tests" / "fake_nvml"
 NO_DRIVER = "no NVIDIA driver: NVML library not found (install the driver, or use profile cpu)"
 
-# What each card reports through NVML (names and totals as nvidia-smi shows them).
-P40 = {"name": "Tesla P40", "memory_mib": 22919, "cc": [6, 1], "mig": None}
-A2 = {"name": "NVIDIA A2", "memory_mib": 15356, "cc": [8, 6], "mig": None}
-A4000 = {"name": "NVIDIA RTX A4000", "memory_mib": 16376, "cc": [8, 6], "mig": None}
-H100_SXM = {"name": "NVIDIA H100 80GB HBM3", "memory_mib": 81559, "cc": [9, 0], "mig": [0, 0]}
-H100_PCIE = {"name": "NVIDIA H100 PCIe", "memory_mib": 81559, "cc": [9, 0], "mig": [1, 1]}
-
-CARDS = [
-    pytest.param("p40", P40, id="p40"),
-    pytest.param("a2", A2, id="a2"),
-    pytest.param("a4000", A4000, id="a4000"),
-    pytest.param("h100", H100_SXM, id="h100-sxm-mig-off"),
-    pytest.param("h100", H100_PCIE, id="h100-pcie-mig-on"),
-]
-
-
-def host(*gpus: dict[str, Any], driver: str = "580.65.06", cuda: int = 13000, **extra: Any) -> dict[str, Any]:
-    listed = [
-        {**gpu, "uuid": f"GPU-{index:08d}-aaaa-bbbb-cccc-{index:012d}"} for index, gpu in enumerate(gpus)
-    ]
-    return {"driver": driver, "cuda": cuda, "gpus": listed, **extra}
+CARDS = [pytest.param(key, card, id=name) for key, name, card in BY_PROFILE]
 
 
 def cli(
@@ -70,27 +53,6 @@ def one_error_line(stderr: str) -> str:
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     return lines[0]
-
-
-@pytest.fixture
-def fake_nvml(monkeypatch: pytest.MonkeyPatch):
-    """Put a fresh fake pynvml in sys.modules; returns a function that describes the host."""
-    spec = importlib.util.spec_from_file_location("pynvml", FAKE_NVML / "pynvml.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, "pynvml", module)
-    monkeypatch.delenv("FAKE_NVML_JSON", raising=False)
-
-    def describe(machine: dict[str, Any] | None) -> Any:
-        if machine is None:
-            monkeypatch.delenv("FAKE_NVML_JSON", raising=False)
-        else:
-            monkeypatch.setenv("FAKE_NVML_JSON", json.dumps(machine))
-        return module
-
-    return describe
 
 
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -459,11 +421,39 @@ def test_cuda_driver_text() -> None:
 # --- the standalone bundle --------------------------------------------------------------------------------
 
 
-def test_bundle_holds_the_preflight_its_catalog_and_nvml() -> None:
+def _beside(path: Path) -> set[str]:
+    """The files a shipped program imports from beside itself: its `except ImportError` fallbacks."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Try) and any(
+            isinstance(h.type, ast.Name) and h.type.id == "ImportError" for h in node.handlers
+        ):
+            for handler in node.handlers:
+                for statement in ast.walk(handler):
+                    if isinstance(statement, ast.Import):
+                        found.update(f"{alias.name}.py" for alias in statement.names)
+    return found
+
+
+def test_bundle_is_the_runners_and_what_they_import_beside_themselves() -> None:
+    """What ships is exactly the two programs, everything they import from beside themselves (followed
+    through), and the NVML bindings the preflight loads at run time; each program is verified with
+    exactly those it imports (runners.IMPORTS)."""
     files = runner_files()
-    assert set(files) == {"preflight.py", "catalog.py", "pynvml.py", "smoke.py"}
-    assert files["preflight.py"] == REPO / "components" / "host" / "preflight.py"
-    assert files["catalog.py"] == REPO / "components" / "core" / "catalog.py"
+    assert files[PREFLIGHT.name] == PREFLIGHT
+    assert files[SMOKE_RUNNER.name] == SMOKE_RUNNER
+    shipped: set[str] = set()
+    for program in (PREFLIGHT.name, SMOKE_RUNNER.name):
+        closure, todo = set(), [program]
+        while todo:
+            name = todo.pop()
+            if name not in closure:
+                closure.add(name)
+                todo.extend(_beside(files[name]))
+        assert set(IMPORTS[program]) >= closure - {program}, program
+        shipped |= closure
+    assert set(files) == shipped | {"pynvml.py"}
+    assert set(IMPORTS[PREFLIGHT.name]) - shipped == {"pynvml.py"}
     spec = importlib.util.find_spec("pynvml")
     assert spec is not None
     assert spec.origin is not None

@@ -219,7 +219,7 @@ def written_paths_under_root(host: Host) -> set[str]:
     return {str(p.relative_to(host.root)) for p in host.root.rglob("*") if p.is_file()}
 
 
-# --- host_scripts.py ---------------------------------------------------------------------------
+# --- components/host/shell.py ---------------------------------------------------------------------------
 
 
 def test_script_inlines_common_once() -> None:
@@ -237,6 +237,24 @@ def test_script_inlines_common_once() -> None:
         assert "BASH_SOURCE" not in text
         assert text.count("die() {") == 1
         assert text.count("readonly EXIT_BAD_PARAMS=19") == 1
+
+
+def _readonly_exit_codes(name: str) -> dict[str, int]:
+    text = (SCRIPTS_DIR / name).read_text()
+    return {key: int(code) for key, code in re.findall(r"\b(EXIT_[A-Z_]+)=(\d+)\b", text)}
+
+
+def test_exit_codes_documented_in_common_are_the_ones_defined() -> None:
+    """common.sh's header table is the one list of exit codes: every `readonly EXIT_*` (common.sh's and
+    run-verified.sh's, which does not source it) is in it, and it lists no code nothing defines."""
+    header = (SCRIPTS_DIR / "common.sh").read_text().split("\nset -euo pipefail", 1)[0]
+    documented = {int(code) for code in re.findall(r"^#\s+(\d+)\s+\S", header, flags=re.MULTILINE)}
+    common = _readonly_exit_codes("common.sh")
+    guard = _readonly_exit_codes("run-verified.sh")
+    assert len(common) == 11
+    assert set(guard) == {"EXIT_BAD_PARAMS", "EXIT_UNSAFE_RUNNER"}
+    assert all(common[key] == code for key, code in guard.items() if key in common), "one number per name"
+    assert documented == {0, *common.values(), *guard.values()}
 
 
 def test_script_rejects_unknown_name() -> None:

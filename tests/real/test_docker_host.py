@@ -248,6 +248,8 @@ def test_runners_are_copied_to_the_deploy_users_own_place_and_cannot_be_swapped(
         "preflight.py",
         "pynvml.py",
         "smoke.py",
+        "smoke_checklist.py",
+        "smoke_io.py",
     ]
     for path in runners.iterdir():
         assert path.stat().st_uid == user.uid

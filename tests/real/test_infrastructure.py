@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import grp
+import json
 import os
 import stat
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from components.host import SMOKE_RUNNER
+from components.host import SMOKE_FILES
 from tests.real import requirements
 from tests.real.engine import Engine
 from tests.real.hosts import SshHosts, keygen, run_as
@@ -79,10 +80,17 @@ def test_python3_image_runs_python3(engine: Engine, base_images: BaseImages) -> 
 
 
 def test_python3_image_runs_the_smoke_runner(engine: Engine, base_images: BaseImages) -> None:
-    runner = SMOKE_RUNNER.read_text()
-    result = engine.docker_cli(
-        "run", "--rm", "-i", base_images.python3, "python3", "-", "--help", input=runner
+    """The runner and its modules, written into one folder in the container (as the ConfigMap mounts them)."""
+    files = json.dumps({name: path.read_text() for name, path in SMOKE_FILES.items()})
+    unpack = (
+        "import json, os, sys, tempfile\n"
+        "folder = tempfile.mkdtemp()\n"
+        "for name, text in json.load(sys.stdin).items():\n"
+        "    with open(os.path.join(folder, name), 'w') as handle:\n"
+        "        handle.write(text)\n"
+        "os.execvp('python3', ['python3', os.path.join(folder, 'smoke.py'), '--help'])\n"
     )
+    result = engine.docker_cli("run", "--rm", "-i", base_images.python3, "python3", "-c", unpack, input=files)
     assert "--base-url" in result.stdout
 
 
