@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import itertools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -91,7 +90,7 @@ def looks_secret(name: str) -> bool:
     segments = [s for s in re.split(r"[^a-z0-9]+", name.lower()) if s]
     if any(_CREDENTIAL_SEGMENT.search(segment) for segment in segments):
         return True
-    return any((a, b.rstrip("s")) in _CREDENTIAL_PAIRS for a, b in itertools.pairwise(segments))
+    return any((a, b.rstrip("s")) in _CREDENTIAL_PAIRS for a, b in zip(segments, segments[1:]))
 
 
 def holds_password(value: str) -> bool:

@@ -1,4 +1,4 @@
-"""stacks/config.py: every rule of the `gpu-deploy:` config, one line per mistake, never a crash.
+"""stacks/config: every rule of the `gpu-deploy:` config, one line per mistake, never a crash.
 
 Each rejection names the exact key (`gpu-deploy:<full.key>: <problem>`) and says what is wrong;
 property tests feed random JSON-like values and check that validation either succeeds or raises a
@@ -8,6 +8,7 @@ one-line ConfigError; the offline CLI turns a config mistake into exit code 2 an
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -165,6 +166,26 @@ def test_auto_profile() -> None:
     _, profile, warnings = load(changed(("services.app.gpu", "none"), base=raw), "cpu")
     assert profile == PROFILES["cpu"]
     assert warnings == ["profile auto: no NVIDIA GPU found on the target, falling back to cpu"]
+
+
+def test_cpu_leaves_out_the_cuda_choices_named_or_detected() -> None:
+    """The stack's CUDA release and wheel index are for a GPU: the cpu profile, named or what `auto` falls
+    back to, resolves (in the one resolve_profile) to plain cpu with the stack's torch version."""
+    assert BASE["cuda"]["version"] == "12.1.1" and BASE["cuda"]["wheelIndex"] == "cu121"
+    named = load(changed(("profile", "cpu"), ("services.app.gpu", "none")))[1]
+    detected = load(changed(("profile", "auto"), ("services.app.gpu", "none")), "cpu")[1]
+    for profile in (named, detected):
+        assert profile is not None
+        assert (profile.key, profile.cuda_version, profile.wheel_flavour) == ("cpu", None, "cpu")
+        assert profile.torch_version == "2.3.0"
+
+
+def test_auto_on_an_ssh_host_names_the_cuda_key_no_card_can_run() -> None:
+    """Each CUDA choice is checked on its own, so the key is the one at fault (not found in the message)."""
+    auto = ("profile", "auto")
+    rejected(changed(auto, ("cuda", {"driver": "400"})), "cuda.driver", "no supported card can use this")
+    rejected(changed(auto, ("cuda", {"wheelIndex": "cu999"})), "cuda.wheelIndex", "unknown PyTorch wheel")
+    rejected(changed(auto, ("cuda", {"version": "12.7.0"})), "cuda.version", "no known minimum driver")
 
 
 # ---------------------------------------------------------------- unknown and missing keys
@@ -1131,6 +1152,27 @@ def test_cli_config_error_exits_2_with_one_line(
     assert result.stderr.splitlines() == [line]
     assert result.stdout == ""
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_cli_plans_a_cpu_stack_that_keeps_its_cuda_choices(tmp_path: Path) -> None:
+    """`profile: cpu` beside `cuda.version` once crashed the image build (exit 1): the image's profile was
+    resolved a second way, without the cpu guard. Now one resolution feeds the build args too."""
+
+    def cpu(config: dict[str, Any]) -> None:
+        assert config["gpu-deploy:cuda"]["version"]  # kept: it is for a GPU
+        config["gpu-deploy:profile"] = "cpu"
+        for service in config["gpu-deploy:services"].values():
+            service["gpu"] = "none"
+
+    result = _plan("prod", "--config-file", str(_prod_with(tmp_path, cpu)), "--json")
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["outputs"]["profile"] == "cpu"
+    images = [r["inputs"] for r in plan["resources"] if r["type"] == "docker:index/image:Image"]
+    assert images
+    for image in images:
+        args = image["build"]["args"]
+        assert (args["GPU_PROFILE"], args["CUDA_VERSION"], args["TORCH_VERSION"]) == ("cpu", "none", "2.3.0")
 
 
 def test_cli_missing_stack_file_exits_1(tmp_path: Path) -> None:

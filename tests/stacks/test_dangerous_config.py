@@ -26,7 +26,7 @@ from components.core.values import host_path_problem, is_under, looks_secret
 from components.host.shell import command_line, command_with_script
 from stacks.config import ConfigError, StackConfig, check_secure_places, validate, validate_with_secrets
 from stacks.plan import make_plan
-from tests.plans import containers, env_of, stack_config, write_config
+from tests.plans import ShippedPlan, containers, env_of, stack_config, write_config
 from tests.stacks.test_config import BASE, changed, rejected
 
 EXAMPLES = 200
@@ -303,12 +303,12 @@ DATA_EDITS = {
 
 
 @pytest.mark.parametrize("case", list(DATA_EDITS))
-def test_no_config_change_deletes_data(tmp_path: Path, case: str) -> None:
+def test_no_config_change_deletes_data(tmp_path: Path, case: str, shipped_plan: ShippedPlan) -> None:
     """What a change deletes holds no data (a container; a command without a delete step; a kept image),
     and where it moves the services away from their data (a new root, a new host) the diff says so."""
     from stacks.diff import diff_plans
 
-    before = make_plan("prod")
+    before = shipped_plan("prod")
     after = make_plan("prod", config_file=write_config(tmp_path, DATA_EDITS[case]))
     diff = diff_plans(before.as_json(), after.as_json(), "prod")
     old = {r.urn: r for r in before.resources}

@@ -1,0 +1,178 @@
+"""A service of the stack (`gpu-deploy:services.<name>`): its image, GPUs, ports, env, volumes, health
+check, smoke checks and, on Kubernetes, replicas, the CPU fallback and storage; and the smoke checks'
+header references to its secretEnv."""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from components.core.problems import raise_first
+from components.core.values import GpuRequest, UserSpec, holds_password, looks_secret
+from components.core.workload_rules import probe_kind_problems
+from components.host import smoke_checklist
+from stacks.config.errors import KeyedError
+from stacks.config.fields import (
+    ContextField,
+    DockerfileField,
+    DurationField,
+    EnvName,
+    EnvValue,
+    GpuField,
+    ImageRefField,
+    Model,
+    PortField,
+    Quantity,
+    SizeField,
+    UserField,
+    VolumeField,
+)
+
+
+class HttpCheck(Model):
+    path: Annotated[str, Field(pattern=r"^/")]
+    port: int = Field(ge=1, le=65535)
+
+
+class Healthcheck(Model):
+    http: HttpCheck | None = None
+    command: list[str] | str | None = None
+    interval: DurationField = 30
+    timeout: DurationField = 10
+    retries: int = Field(default=3, ge=1, le=1000)
+    start_period: DurationField = 0
+
+    @model_validator(mode="after")
+    def _one_probe(self) -> Healthcheck:
+        has_http, has_command = self.http is not None, self.command is not None
+        raise_first(probe_kind_problems(has_http=has_http, has_command=has_command))
+        return self
+
+
+def header_refs(checks: list[dict[str, Any]]) -> list[tuple[int, str, str]]:
+    """(check index, header, secretEnv name) for every `headers: {Name: {secretEnv: NAME}}`."""
+    refs = []
+    for index, check in enumerate(checks):
+        http = check.get("http") if isinstance(check, dict) else None
+        headers = http.get("headers") if isinstance(http, dict) else None
+        for header, value in (headers or {}).items() if isinstance(headers, dict) else []:
+            if isinstance(value, dict) and set(value) == {"secretEnv"}:
+                refs.append((index, str(header), str(value["secretEnv"])))
+    return refs
+
+
+def resolve_header_refs(checks: list[dict[str, Any]], values: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The checks with each `{secretEnv: NAME}` header value replaced by values[NAME]: the service's own
+    secret, so the key is written once (its secretEnv) and reaches the runner only on its stdin."""
+    resolved = copy.deepcopy(checks)
+    for index, header, name in header_refs(checks):
+        resolved[index]["http"]["headers"][header] = values[name]
+    return resolved
+
+
+def smoke_checks(checks: list[dict[str, Any]], *, gpu: bool) -> list[dict[str, Any]]:
+    """The runner's checks for a target: `whenGpu` ones and GPU checks only where there is a GPU."""
+    kept = [c for c in checks if gpu or not (c.get("whenGpu") or "gpu" in c)]
+    return [{k: v for k, v in c.items() if k != "whenGpu"} for c in kept]
+
+
+DependencyCondition = Literal["started", "healthy", "completed"]
+
+
+class BuildOverride(Model):
+    """A service's own build, compose-style; each key defaults to the stack's image section."""
+
+    context: ContextField | None = None
+    dockerfile: DockerfileField | None = None
+    target: str | None = None
+
+
+class Service(Model):
+    image: ImageRefField
+    build: BuildOverride | None = None
+    command: list[str] | str | None = None
+    gpu: GpuField = GpuRequest("none")
+    ports: list[PortField] = Field(default_factory=list)
+    env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    secret_env: dict[EnvName, EnvValue] = Field(default_factory=dict)
+    volumes: list[VolumeField] = Field(default_factory=list)
+    user: UserField = UserSpec(1001, 1001)
+    memory: SizeField | None = None
+    shm_size: SizeField | None = None
+    healthcheck: Healthcheck | None = None
+    depends_on: dict[str, DependencyCondition] = Field(default_factory=dict)
+    one_shot: bool = False
+    enabled: bool = True
+    restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    # Kubernetes only (KUBERNETES_SERVICE_KEYS; refused on a Docker target):
+    replicas: int = Field(default=1, ge=0, le=1000)  # pods of the service
+    cpu: Annotated[str, Field(pattern=r"^(\d+(\.\d+)?|\d+m)$")] | None = None  # CPU request: "2", "500m"
+    cpu_fallback: bool = False  # declare a CPU Deployment `<name>-cpu` beside the GPU one
+    cpu_image: ImageRefField | None = None  # the fallback's image (a CPU build); None: the same image
+    cpu_env: dict[EnvName, EnvValue] = Field(default_factory=dict)  # the fallback's env overrides
+    run_on: Literal["gpu", "cpu"] = "gpu"  # cpu: the fallback runs, the GPU Deployment scales to 0
+    mig_profile: Annotated[str, Field(pattern=r"^\d+g\.\d+gb$")] | None = None  # gpu counts MIG instances
+    # kubernetes, several card types: the card this service runs on (placed only on nodes with it)
+    profile: Literal["p40", "a2", "a4000", "h100"] | None = None
+    storage: dict[str, Quantity] = Field(default_factory=dict)  # PVC size per named volume: {models: 10Gi}
+    driver_capabilities: str | None = None  # NVIDIA_DRIVER_CAPABILITIES; the profile's default otherwise
+    smoke: list[dict[str, Any]] = Field(default_factory=list)  # smoke_checklist checks (+ whenGpu)
+    smoke_deadline: DurationField = 180
+
+    @field_validator("smoke")
+    @classmethod
+    def _smoke_checks_parse(cls, checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, check in enumerate(checks):
+            if not isinstance(check.get("whenGpu", False), bool):
+                raise KeyedError(f"{index}.whenGpu", "expected true or false")
+        stand_in = resolve_header_refs(checks, {name: "[secretEnv]" for _, _, name in header_refs(checks)})
+        try:
+            smoke_checklist.parse_checks(smoke_checks(stand_in, gpu=True))
+        except smoke_checklist.ConfigError as err:
+            raise ValueError(f"not a smoke check list: {err}") from None
+        return checks
+
+    @model_validator(mode="after")
+    def _header_refs_name_secret_env(self) -> Service:
+        for index, header, name in header_refs(self.smoke):
+            if name not in self.secret_env:
+                raise KeyedError(
+                    "smoke",
+                    f"check #{index + 1} takes header {header} from secretEnv.{name}, which this service "
+                    f"does not have (secretEnv: {', '.join(sorted(self.secret_env)) or 'none'})",
+                )
+        return self
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_list(cls, value: Any) -> Any:
+        if isinstance(value, list):  # compose's short form: started
+            return {str(v): "started" for v in value}
+        return value
+
+    @field_validator("env", "cpu_env")
+    @classmethod
+    def _plain_env_is_not_secret(cls, env: dict[str, str]) -> dict[str, str]:
+        for key, value in env.items():
+            if looks_secret(key) and value:
+                raise KeyedError(key, "looks like a credential; move it to secretEnv (stored encrypted)")
+            if holds_password(value):
+                raise KeyedError(
+                    key,
+                    "holds a URL with a password (user:password@); move it to secretEnv (stored encrypted)",
+                )
+        return env
+
+    @property
+    def command_list(self) -> list[str] | None:
+        if self.command is None:
+            return None
+        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+
+    @property
+    def effective_restart(self) -> str:
+        return "no" if self.one_shot else self.restart
