@@ -97,9 +97,7 @@ class GpuProfile:
     architecture: str
     compute_capability: tuple[int, int] | None
     memory_mib: int  # per GPU, as nvidia-smi reports it (lowest accepted configuration)
-    memory_budget_mib: int  # what services on one GPU may plan to use (headroom for the context)
     mig_capable: bool
-    bf16: bool
     kernel_modules: KernelModules
     driver_branch: str  # branch a driver install gets
     max_cuda_major: int | None  # newest CUDA major the architecture supports
@@ -241,9 +239,7 @@ PROFILES: dict[str, GpuProfile] = {
         architecture="Pascal",
         compute_capability=(6, 1),
         memory_mib=22919,  # ECC on; 24576 with ECC off
-        memory_budget_mib=21504,
         mig_capable=False,
-        bf16=False,
         kernel_modules="proprietary",  # open modules need Turing or newer
         driver_branch="580",  # R580 is the last branch that supports Pascal
         max_cuda_major=12,  # CUDA 13.0 dropped Maxwell, Pascal and Volta
@@ -262,9 +258,7 @@ PROFILES: dict[str, GpuProfile] = {
         architecture="Ampere",
         compute_capability=(8, 6),
         memory_mib=15356,  # 16 GB GDDR6 as nvidia-smi reports it with ECC on
-        memory_budget_mib=14336,
         mig_capable=False,
-        bf16=True,
         kernel_modules="open",
         driver_branch="580",
         max_cuda_major=None,
@@ -283,9 +277,7 @@ PROFILES: dict[str, GpuProfile] = {
         architecture="Ampere",
         compute_capability=(8, 6),
         memory_mib=16376,
-        memory_budget_mib=15360,
         mig_capable=False,
-        bf16=True,
         kernel_modules="open",
         driver_branch="580",
         max_cuda_major=None,
@@ -304,9 +296,7 @@ PROFILES: dict[str, GpuProfile] = {
         architecture="Hopper",
         compute_capability=(9, 0),
         memory_mib=81559,
-        memory_budget_mib=79872,
         mig_capable=True,
-        bf16=True,
         kernel_modules="open",
         driver_branch="580",
         max_cuda_major=None,
@@ -333,9 +323,7 @@ PROFILES: dict[str, GpuProfile] = {
         architecture="none",
         compute_capability=None,
         memory_mib=0,
-        memory_budget_mib=0,
         mig_capable=False,
-        bf16=False,
         kernel_modules="none",
         driver_branch="",
         max_cuda_major=None,
@@ -347,8 +335,6 @@ PROFILES: dict[str, GpuProfile] = {
         k8s_sharing="none",
     ),
 }
-
-GPU_PROFILE_KEYS: tuple[str, ...] = tuple(key for key, profile in PROFILES.items() if profile.is_gpu)
 
 
 def profile_for_nvml_name(name: str) -> GpuProfile | None:

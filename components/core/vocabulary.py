@@ -52,6 +52,7 @@ def mig_resource(mig_profile: str) -> str:
 
 
 # --- Pinned Helm charts: check `helm search repo` and the chart's values before bumping ---------------------
+PINNED_CHART_VERSION = r"^v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?$"  # an exact release, never a range
 OPERATOR_REPO = "https://helm.ngc.nvidia.com/nvidia"
 OPERATOR_CHART = "gpu-operator"
 OPERATOR_CHART_VERSION = "v25.3.0"

@@ -35,15 +35,16 @@ Chart versions are pinned by the caller; a Helm release with no version would fl
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
-from components.core.catalog import GpuProfile, Sharing
+from components.core.catalog import GpuProfile
+from components.core.sharing import DEFAULT_CONFIG, SharingSpec, validate_sharing
+from components.core.sharing import SHARED_STRATEGIES as _SHARED
 from components.core.vocabulary import (
     CONFIG_NODE_LABEL,
     DCGM_CHART,
@@ -52,22 +53,19 @@ from components.core.vocabulary import (
     DEVICE_PLUGIN_CHART,
     DEVICE_PLUGIN_REPO,
     GPU_RESOURCE,
-    MIG_RESOURCE_PREFIX,
     OPERATOR_CHART,
     OPERATOR_CHART_VERSION,
     OPERATOR_REPO,
     PART_OF_LABELS,
+    PINNED_CHART_VERSION,
     RESERVED_NAMESPACES,
     RUNTIME_CLASS,
-    SHARED_GPU_RESOURCE,
 )
 from components.options import child_options
 
-MigStrategy = Literal["none", "single", "mixed"]
 Distribution = Literal["microk8s", "generic"]
 
 CONFIG_MAP_NAME = "nvidia-device-plugin-config"
-DEFAULT_CONFIG = "default"
 DCGM_PORT = 9400
 
 # Where MicroK8s keeps containerd (the snap does not use /etc/containerd), for the operator's toolkit
@@ -78,29 +76,6 @@ MICROK8S_TOOLKIT_ENV: dict[str, str] = {
     "CONTAINERD_SOCKET": "/var/snap/microk8s/common/run/containerd.sock",
     "CONTAINERD_SET_AS_DEFAULT": "1",
 }
-
-# A data key of the ConfigMap that is also a valid node label value.
-_CONFIG_KEY = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
-_SHARED: tuple[Sharing, ...] = ("time-slicing", "mps")
-
-
-@dataclass(frozen=True)
-class SharingSpec:
-    """How the device plugin advertises each physical GPU (time-slicing and MPS are node-wide)."""
-
-    strategy: Sharing = "none"
-    replicas: int = 1  # nvidia.com/gpu advertised per physical GPU with time-slicing or MPS
-    rename_by_default: bool = False  # advertise nvidia.com/gpu.shared instead of nvidia.com/gpu
-    fail_requests_greater_than_one: bool = False  # time-slicing only
-    mig_strategy: MigStrategy = "none"
-    per_product: Mapping[str, int] = field(default_factory=dict)  # gpu.product -> replicas
-
-    @property
-    def resource_name(self) -> str:
-        """The extended resource a pod asks for under this spec (the MIG mixed ones aside)."""
-        if self.rename_by_default and self.strategy in _SHARED:
-            return SHARED_GPU_RESOURCE
-        return GPU_RESOURCE
 
 
 @dataclass(frozen=True)
@@ -160,131 +135,6 @@ def config_map_data(spec: SharingSpec) -> dict[str, str]:
         name: yaml.safe_dump(document, sort_keys=False)
         for name, document in device_plugin_configs(spec).items()
     }
-
-
-def gpu_capacity(spec: SharingSpec, profile: GpuProfile, gpus_per_node: int = 1) -> int:
-    """The most GPU resources one node can ever advertise under `spec`.
-
-    Time-slicing and MPS multiply each GPU by its replicas (the largest of the default and the
-    overrides for this card's products, since a labelled node gets the override); with MIG each GPU
-    holds at most as many instances as its smallest profile allows (7 x 1g.10gb on an H100).
-    """
-    per_gpu = max(profile.mig_profiles.values(), default=1) if spec.mig_strategy != "none" else 1
-    if spec.strategy in _SHARED:
-        overrides = [spec.per_product[p] for p in profile.gpu_products if p in spec.per_product]
-        per_gpu *= max([spec.replicas, *overrides])
-    return gpus_per_node * per_gpu
-
-
-def validate_sharing(
-    spec: SharingSpec,
-    profile: GpuProfile,
-    gpu_requests_total: int,
-    gpus_per_node: int = 1,
-    *,
-    mig_requests: Mapping[str, int] | None = None,
-) -> None:
-    """Raise ValueError for a sharing setup that cannot work on `profile`'s card.
-
-    `gpu_requests_total` is the sum of nvidia.com/gpu the stack's services ask for;
-    `mig_requests` counts MIG instances asked for by profile (`1g.10gb` or `nvidia.com/mig-1g.10gb`).
-    """
-    card = profile.display_name
-    if gpus_per_node < 1:
-        raise ValueError(f"gpus_per_node must be at least 1, got {gpus_per_node}")
-    if gpu_requests_total < 0:
-        raise ValueError(f"gpu_requests_total cannot be negative, got {gpu_requests_total}")
-    if spec.replicas < 1:
-        raise ValueError(
-            f"sharing.replicas must be at least 1 (GPUs advertised per physical GPU), got {spec.replicas}"
-        )
-    for product, replicas in spec.per_product.items():
-        if not _CONFIG_KEY.match(product) or product == DEFAULT_CONFIG:
-            raise ValueError(
-                f"sharing.per_product key {product!r} is not a GPU product label value such as 'NVIDIA-A2'"
-            )
-        if replicas < 1:
-            raise ValueError(f"sharing.per_product[{product!r}] must be at least 1, got {replicas}")
-
-    if spec.strategy in _SHARED:
-        # k8s-device-plugin v0.17.1 api/config/v1/replicas.go (ReplicatedResource.UnmarshalJSON): the plugin
-        # and GPU feature discovery exit on "number of replicas must be >= 2", and the node advertises no GPU
-        refused = (
-            "the NVIDIA device plugin refuses fewer ('number of replicas must be >= 2') and advertises no GPU"
-        )
-        if spec.replicas < 2:
-            raise ValueError(
-                f"sharing.replicas must be at least 2 with {spec.strategy}, got {spec.replicas}: {refused}; "
-                "for one pod per GPU use strategy none"
-            )
-        for product, replicas in spec.per_product.items():
-            if replicas < 2:
-                raise ValueError(
-                    f"sharing.per_product[{product!r}] must be at least 2 with {spec.strategy}, "
-                    f"got {replicas}: {refused}"
-                )
-    if spec.strategy in ("none", "mig"):
-        if spec.replicas != 1 or spec.per_product:
-            raise ValueError(
-                f"sharing.replicas/per_product only apply to time-slicing or mps; with strategy "
-                f"{spec.strategy!r} each GPU (or MIG instance) is one {GPU_RESOURCE}: set replicas 1 "
-                f"or pick strategy time-slicing"
-            )
-        if spec.rename_by_default:
-            raise ValueError(
-                f"sharing.rename_by_default needs strategy time-slicing or mps, not {spec.strategy!r}"
-            )
-    if spec.fail_requests_greater_than_one and spec.strategy != "time-slicing":
-        raise ValueError(
-            f"sharing.fail_requests_greater_than_one is a time-slicing setting; strategy is {spec.strategy!r}"
-        )
-    if spec.strategy == "mps" and spec.mig_strategy != "none":
-        raise ValueError(
-            f"MPS does not work on MIG devices: strategy mps needs mig_strategy none, "
-            f"got {spec.mig_strategy!r}"
-        )
-    if spec.strategy == "mig" and spec.mig_strategy == "none":
-        raise ValueError("strategy mig needs mig_strategy single or mixed")
-    if (spec.strategy == "mig" or spec.mig_strategy != "none") and not profile.mig_capable:
-        raise ValueError(
-            f"a {card} has no MIG (strategy {spec.strategy!r}, mig_strategy {spec.mig_strategy!r}); "
-            f"share it with time-slicing or mps and mig_strategy none"
-        )
-    if not profile.is_gpu and (spec.strategy != "none" or gpu_requests_total > 0):
-        raise ValueError(
-            f"the {card} profile has no GPU: strategy must be none and services must ask for gpu 0 "
-            f"(asked for {gpu_requests_total})"
-        )
-
-    capacity = gpu_capacity(spec, profile, gpus_per_node)
-    if gpu_requests_total > capacity:
-        how = {
-            "time-slicing": "time-slicing replicas",
-            "mps": "MPS replicas",
-            "mig": "MIG instances",
-            "none": "whole GPUs",
-        }[spec.strategy]
-        raise ValueError(
-            f"the services ask for {gpu_requests_total} {spec.resource_name} in all, but a node with "
-            f"{gpus_per_node} x {card} advertises at most {capacity} ({how}); the extra pods would stay "
-            f"Pending. Raise sharing.replicas, add GPUs or run a service with gpu 0"
-        )
-
-    for name, count in (mig_requests or {}).items():
-        mig_profile = name.removeprefix(MIG_RESOURCE_PREFIX)
-        if spec.mig_strategy != "mixed":
-            raise ValueError(
-                f"MIG resource {name!r} exists only with mig_strategy mixed (got {spec.mig_strategy!r}); "
-                f"with single, MIG instances are advertised as {GPU_RESOURCE}"
-            )
-        if mig_profile not in profile.mig_profiles:
-            known = ", ".join(profile.mig_profiles)
-            raise ValueError(f"a {card} has no MIG profile {mig_profile!r} (known: {known})")
-        # The sharing config names nvidia.com/gpu only, so MIG instances advertised as nvidia.com/mig-*
-        # (strategy mixed) are not replicated (k8s-device-plugin v0.17.1 internal/rm/device_map.go).
-        most = gpus_per_node * profile.mig_profiles[mig_profile]
-        if count > most:
-            raise ValueError(f"the services ask for {count} x {mig_profile}, but a node has at most {most}")
 
 
 def _sanitised(name: str) -> str:
@@ -382,7 +232,7 @@ def check_args(args: GpuClusterArgs) -> None:
     elif args.dcgm:
         versions["dcgm_chart_version"] = args.dcgm_chart_version
     for key, version in versions.items():
-        if not re.fullmatch(r"v?\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?", version):
+        if not re.fullmatch(PINNED_CHART_VERSION, version):
             raise ValueError(f"{key} must pin a chart version such as 0.17.1 or v25.3.0, got {version!r}")
     validate_sharing(args.sharing, args.profile, args.gpu_requests_total, args.gpus_per_node)
 

@@ -26,7 +26,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.core.vocabulary import GPU_RESOURCE, LABEL_PROFILE, RUNTIME_CLASS, recommended_labels
-from components.kubernetes.workload import (
+from components.kubernetes.pod import (
     product_affinity,
     restricted_container_security,
     restricted_pod_security,

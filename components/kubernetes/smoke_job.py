@@ -1,8 +1,9 @@
 """SmokeJob: a service's smoke checks, run inside the cluster once its pods are ready.
 
 Creates, in order (children of the component, in `args.namespace`, which it does not create):
-1. the immutable ConfigMap `<service>-smoke-<hash>` holding `smoke.py` (components/host/smoke.py, byte for
-   byte: the same standard-library runner the Docker path copies to the host) and `checks.json`;
+1. the immutable ConfigMap `<service>-smoke-<hash>` holding `smoke.py` and the modules it imports from
+   beside itself (components/host SMOKE_FILES, byte for byte: the same standard-library runner the Docker
+   path copies to the host) and `checks.json`;
 2. the Job `<service>-smoke-<hash>`: `python3 /smoke/smoke.py --base-url http://<service>.<namespace>
    .svc.cluster.local:<port> --checks-file /smoke/checks.json --deadline D --interval 2` in the pinned
    CPU_BASE_IMAGE, the ConfigMap mounted read-only at /smoke. One pod, never restarted (`backoffLimit:
@@ -22,7 +23,7 @@ the tail of the runner's output, whose last line is `FAIL <check>: <the response
 values masked> (exit N)`. Exit codes as on Docker: 2 timeout, 3 malformed response.
 
 When it runs again: the objects' names carry a hash of everything that decides the outcome: the
-runner's text, the checks, deadline and interval, the URL, the runner image and `revision` (what the
+runner's files, the checks, deadline and interval, the URL, the runner image and `revision` (what the
 tested workload is: its image and spec, as the caller describes them). A change there is a new name,
 so Pulumi replaces both objects and the new Job runs; nothing changed is the same name, so a
 `pulumi up` with nothing to do stays a no-op (a Job's pod template is immutable, and
@@ -33,7 +34,7 @@ re-runs a Job that failed in an earlier update instead of waiting on it again. N
 `ttlSecondsAfterFinished`: the finished Job stays as the record of the last run (its pod holds nothing).
 
 Only `http` checks run here: `file` and `gpu` checks use `docker exec` into the service's container,
-which a separate pod cannot do (stacks/config.py refuses them on kubernetes, naming the key).
+which a separate pod cannot do (stacks/config refuses them on kubernetes, naming the key).
 """
 
 from __future__ import annotations
@@ -49,12 +50,13 @@ import pulumi_kubernetes as k8s
 
 from components.core.catalog import CPU_BASE_IMAGE
 from components.core.vocabulary import recommended_labels
-from components.host import SMOKE_RUNNER, smoke
-from components.kubernetes.workload import restricted_container_security, restricted_pod_security
+from components.core.workload_rules import in_cluster_smoke_problems
+from components.host import SMOKE_FILES, SMOKE_RUNNER, smoke, smoke_checklist
+from components.kubernetes.pod import restricted_container_security, restricted_pod_security
 from components.options import child_options
 
 MOUNT = "/smoke"
-RUNNER_KEY = "smoke.py"
+RUNNER_KEY = SMOKE_RUNNER.name
 CHECKS_KEY = "checks.json"
 RUN_AS = 65534  # nobody: the python image runs as root by default
 START_UP_S = 60  # image pull and interpreter start, on top of the runner's own deadline
@@ -91,17 +93,12 @@ class SmokeJobArgs:
         return [
             "python3",
             f"{MOUNT}/{RUNNER_KEY}",
-            "--base-url",
-            self.base_url,
-            "--checks-file",
-            f"{MOUNT}/{CHECKS_KEY}",
-            "--deadline",
-            str(self.deadline_s),
-            "--interval",
-            str(self.interval_s),
+            *smoke.command_arguments(
+                self.base_url, f"{MOUNT}/{CHECKS_KEY}", self.deadline_s, self.interval_s
+            ),
         ]
 
-    def object_name(self, runner: str) -> str:
+    def object_name(self, runner: Mapping[str, str]) -> str:
         """`<service>-smoke-<hash>`: a new name (a new run) whenever anything deciding the result changes."""
         material = json.dumps(
             [runner, self.checks_json(), self.command(), self.image, self.revision], sort_keys=True
@@ -117,12 +114,11 @@ def check_args(args: SmokeJobArgs) -> None:
     if not args.checks:
         raise ValueError(f"{args.service}: no smoke checks to run")
     try:
-        parsed = smoke.parse_checks(list(args.checks))
-    except smoke.ConfigError as err:
+        smoke_checklist.parse_checks(list(args.checks))
+    except smoke_checklist.ConfigError as err:
         raise ValueError(f"{args.service}: not a smoke check list: {err}") from None
-    others = [c.label() for c in parsed if not isinstance(c, smoke.HttpCheck)]
-    if others:
-        raise ValueError(f"{args.service}: only http checks run in-cluster (no docker exec): {others[0]}")
+    for problem in in_cluster_smoke_problems(list(args.checks)):
+        raise ValueError(f"{args.service}: {problem.message}")
     if not args.base_url.startswith("http://") and not args.base_url.startswith("https://"):
         raise ValueError(f"{args.service}: base_url must be an http(s) URL, got {args.base_url!r}")
     if args.deadline_s < 1 or args.interval_s < 0:
@@ -141,14 +137,14 @@ class SmokeJob(pulumi.ComponentResource):
     def __init__(self, name: str, args: SmokeJobArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         check_args(args)
         super().__init__("gpu-deploy:kubernetes:SmokeJob", name, None, opts)
-        runner = SMOKE_RUNNER.read_text(encoding="utf-8")
+        runner = {key: path.read_text(encoding="utf-8") for key, path in SMOKE_FILES.items()}
         object_name = args.object_name(runner)
         labels = smoke_labels(args.service)
 
         self.config_map = k8s.core.v1.ConfigMap(
             f"{name}-config",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=object_name, namespace=args.namespace, labels=labels),
-            data={RUNNER_KEY: runner, CHECKS_KEY: args.checks_json()},
+            data={**runner, CHECKS_KEY: args.checks_json()},
             immutable=True,  # its name changes with its content
             opts=child_options(self, opts),
         )

@@ -1,11 +1,10 @@
-"""GpuWorkload: one service as a Kubernetes Deployment (or StatefulSet) that asks for NVIDIA GPUs.
+"""GpuWorkload: one service as a Kubernetes Deployment that asks for NVIDIA GPUs.
 
 Creates, in order (all children of the component, in `args.namespace`, which it does not create):
-1. a PersistentVolumeClaim `<name>-<volume>` per `pvc` volume, unless `stateful` (then the
-   StatefulSet's volumeClaimTemplates give each pod its own claim, which follows the pod);
+1. a PersistentVolumeClaim `<name>-<volume>` per `pvc` volume (kept on delete: it holds data);
 2. the Secret `<name>-env` when there is `secret_env`; containers read each key through
    `valueFrom.secretKeyRef`, so no secret value is ever a plain `env` value in the pod spec or state;
-3. the Deployment `<name>` (or StatefulSet with `stateful`): `runtimeClassName: nvidia`,
+3. the Deployment `<name>`: `runtimeClassName: nvidia`,
    `nvidia.com/gpu` (or a MIG resource) in both requests and limits, the `nvidia.com/gpu:NoSchedule`
    toleration and a `nvidia.com/gpu.product` node selector (node affinity for several products) for
    GPU pods; a non-root user, no privilege escalation, all capabilities dropped, seccomp
@@ -13,7 +12,7 @@ Creates, in order (all children of the component, in `args.namespace`, which it 
    probe gives a slow model load its own window. A GPU Deployment uses the Recreate strategy: a rolling
    update would start the new pod while the old one still holds the GPU, and with whole GPUs the new
    pod would stay Pending forever;
-4. with `cpu_fallback`, a second Deployment (or StatefulSet) `<name>-cpu`: no GPU, no runtime class,
+4. with `cpu_fallback`, a second Deployment `<name>-cpu`: no GPU, no runtime class,
    `cpu_image`/`cpu_env` (e.g. WHISPER__INFERENCE_DEVICE=cpu) and `cpu_replicas` replicas, 0 by default;
 5. the ClusterIP Service `<name>` for `ports`, selecting the pods of both variants.
 
@@ -37,16 +36,12 @@ updates the Secret but does not restart pods: `kubectl rollout restart` them.
 
 from __future__ import annotations
 
-import math
-import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Mapping
 
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.core.values import UserSpec, check_image_pinned
+from components.core.values import check_image_pinned
 from components.core.vocabulary import (
     GPU_RESOURCE,
     LABEL_PROFILE,
@@ -54,137 +49,18 @@ from components.core.vocabulary import (
     RUNTIME_CLASS,
     recommended_labels,
 )
+from components.kubernetes.pod import product_affinity, restricted_container_security, restricted_pod_security
+from components.kubernetes.workload_spec import GpuWorkloadArgs, ProbeSpec, VolumeSpec, check_args
 from components.options import child_options
 
 PROFILE_ANNOTATION = LABEL_PROFILE
 
 VARIANT_LABEL = "gpu-deploy/variant"
-_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-_MAX_NAME = 48  # leaves room for "-cpu", StatefulSet ordinals and claim names within 63
-
-
-@dataclass(frozen=True)
-class VolumeSpec:
-    name: str  # a DNS label: the pod volume's name and the claim's suffix
-    mount_path: str
-    size: str | None = None  # PVC request, e.g. "10Gi"; required for kind pvc
-    kind: Literal["pvc", "hostPath"] = "pvc"
-    host_path: str | None = None  # absolute path on the node; required for kind hostPath
-    read_only: bool = False
-    storage_class: str | None = None  # None: the cluster's default class
-
-
-@dataclass(frozen=True)
-class ProbeSpec:
-    """One health check used three ways: start-up (the model-load window), readiness and liveness."""
-
-    http_path: str | None = None  # an HTTP GET on `port` ...
-    port: int | None = None  # None: the workload's first port
-    command: Sequence[str] | None = None  # ... or a command run in the container (exactly one of both)
-    interval_s: int = 10
-    timeout_s: int = 5
-    failure_threshold: int = 3  # readiness/liveness failures before not-ready/restart
-    startup_window_s: int = 600  # how long loading the model may take before liveness counts
-
-    @property
-    def startup_failure_threshold(self) -> int:
-        return max(1, math.ceil(self.startup_window_s / self.interval_s))
-
-
-@dataclass(frozen=True)
-class GpuWorkloadArgs:
-    name: str
-    namespace: str
-    image: pulumi.Input[str]  # a pinned tag or digest; ':latest' and untagged images are refused
-    user: UserSpec
-    command: Sequence[str] | None = None  # container args (Docker's CMD)
-    replicas: int = 1
-    gpu: int = 0  # count of gpu_resource (or of mig_resource); 0 = CPU only
-    gpu_resource: str = GPU_RESOURCE  # SharingSpec.resource_name: nvidia.com/gpu.shared with renameByDefault
-    mig_resource: str | None = None  # e.g. "nvidia.com/mig-1g.10gb" (mixed strategy); replaces gpu_resource
-    cpu_fallback: bool = False
-    cpu_image: str | None = None  # the fallback's image (a CPU build); None: the same image
-    cpu_env: Mapping[str, str] = field(default_factory=dict)  # fallback env overrides
-    cpu_replicas: int = 0  # the fallback's replicas: 0 until a config flip scales it up
-    ports: Sequence[int] = ()
-    env: Mapping[str, str] = field(default_factory=dict)
-    secret_env: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
-    volumes: Sequence[VolumeSpec] = ()
-    memory_mib: int | None = None  # request and limit
-    cpu: str | None = None  # request only ("2", "500m"): a CPU limit throttles model loads
-    shm_mib: int | None = None  # a memory-backed /dev/shm (PyTorch data loaders, NCCL)
-    probe: ProbeSpec | None = None
-    # nvidia.com/gpu.product values; with MIG strategy single GFD appends the profile
-    # (NVIDIA-H100-80GB-HBM3-MIG-1g.10gb)
-    gpu_products: Sequence[str] = ()
-    card: str | None = None  # the profile key of the card the GPU pods run on
-    node_selector: Mapping[str, str] = field(default_factory=dict)  # extra, for both variants
-    stateful: bool = False
-    component: str = "server"  # app.kubernetes.io/component
 
 
 def _pinned(image: str) -> str:
     check_image_pinned(image)
     return image
-
-
-def check_args(args: GpuWorkloadArgs) -> None:
-    if not _DNS_LABEL.match(args.name) or len(args.name) > _MAX_NAME:
-        raise ValueError(f"workload name {args.name!r} must be a DNS label of at most {_MAX_NAME} characters")
-    if not _DNS_LABEL.match(args.namespace):
-        raise ValueError(f"namespace {args.namespace!r} must be a DNS label")
-    if isinstance(args.image, str):
-        check_image_pinned(args.image)
-    if args.cpu_image is not None:
-        check_image_pinned(args.cpu_image)
-    if args.user.uid == 0:
-        raise ValueError(f"{args.name}: pods run as a non-root user; uid 0 is refused")
-    if args.replicas < 0 or args.cpu_replicas < 0 or args.gpu < 0:
-        raise ValueError(f"{args.name}: replicas, cpu_replicas and gpu cannot be negative")
-    if args.mig_resource is not None:
-        if not args.mig_resource.startswith("nvidia.com/mig-"):
-            raise ValueError(
-                f"{args.name}: mig_resource is nvidia.com/mig-<profile>, got {args.mig_resource!r}"
-            )
-        if args.gpu < 1:
-            raise ValueError(
-                f"{args.name}: mig_resource {args.mig_resource} needs gpu >= 1 (the instance count)"
-            )
-    if args.cpu_fallback and args.gpu == 0:
-        raise ValueError(f"{args.name}: cpu_fallback is for GPU workloads; this one asks for gpu 0")
-    if not args.cpu_fallback and (args.cpu_image or args.cpu_env or args.cpu_replicas):
-        raise ValueError(f"{args.name}: cpu_image/cpu_env/cpu_replicas need cpu_fallback true")
-    # cpu_env may override a secret_env key in the fallback (a stack whose services hold a secure
-    # value keeps every env value secret, USE_GPU included); env and secret_env must not overlap.
-    clash = sorted(set(args.env) & set(args.secret_env))
-    if clash:
-        raise ValueError(f"{args.name}: {', '.join(clash)} in both env and secret_env")
-    for port in args.ports:
-        if not 0 < port < 65536:
-            raise ValueError(f"{args.name}: port {port} is out of range")
-    seen: set[str] = set()
-    for volume in args.volumes:
-        if not _DNS_LABEL.match(volume.name) or volume.name in seen or volume.name == "dshm":
-            raise ValueError(
-                f"{args.name}: volume name {volume.name!r} must be a unique DNS label (not dshm)"
-            )
-        seen.add(volume.name)
-        if not volume.mount_path.startswith("/"):
-            raise ValueError(f"{args.name}: volume {volume.name} mount_path must be absolute")
-        if volume.kind == "pvc" and not volume.size:
-            raise ValueError(f"{args.name}: pvc volume {volume.name} needs a size such as 10Gi")
-        if volume.kind == "hostPath" and not (volume.host_path or "").startswith("/"):
-            raise ValueError(f"{args.name}: hostPath volume {volume.name} needs an absolute host_path")
-    probe = args.probe
-    if probe is not None:
-        if (probe.http_path is None) == (probe.command is None):
-            raise ValueError(f"{args.name}: a probe is either http_path or command, exactly one")
-        if probe.http_path is not None and probe.port is None and not args.ports:
-            raise ValueError(f"{args.name}: an http probe needs a port")
-        if min(probe.interval_s, probe.timeout_s, probe.failure_threshold) < 1:
-            raise ValueError(f"{args.name}: probe interval, timeout and failure_threshold must be >= 1")
-        if probe.timeout_s >= probe.interval_s:
-            raise ValueError(f"{args.name}: probe timeout_s must be shorter than interval_s")
 
 
 def workload_labels(args: GpuWorkloadArgs) -> dict[str, str]:
@@ -205,55 +81,13 @@ def _probe(spec: ProbeSpec, default_port: int | None, failure_threshold: int) ->
     )
 
 
-def restricted_pod_security(
-    uid: int, gid: int, fs_group: int | None = None
-) -> k8s.core.v1.PodSecurityContextArgs:
-    """The pod half of Pod Security "restricted": a non-root user and the runtime's seccomp profile."""
-    return k8s.core.v1.PodSecurityContextArgs(
-        run_as_user=uid,
-        run_as_group=gid,
-        fs_group=fs_group,
-        run_as_non_root=True,
-        seccomp_profile=k8s.core.v1.SeccompProfileArgs(type="RuntimeDefault"),
-    )
-
-
-def restricted_container_security(*, read_only_root: bool | None = None) -> k8s.core.v1.SecurityContextArgs:
-    """The container half: no privilege escalation, every capability dropped, non-root."""
-    return k8s.core.v1.SecurityContextArgs(
-        allow_privilege_escalation=False,
-        capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-        read_only_root_filesystem=read_only_root,
-        run_as_non_root=True,
-    )
-
-
-def product_affinity(products: Sequence[str]) -> k8s.core.v1.AffinityArgs:
-    """Required node affinity: a node whose nvidia.com/gpu.product is one of `products`."""
-    return k8s.core.v1.AffinityArgs(
-        node_affinity=k8s.core.v1.NodeAffinityArgs(
-            required_during_scheduling_ignored_during_execution=k8s.core.v1.NodeSelectorArgs(
-                node_selector_terms=[
-                    k8s.core.v1.NodeSelectorTermArgs(
-                        match_expressions=[
-                            k8s.core.v1.NodeSelectorRequirementArgs(
-                                key=PRODUCT_LABEL, operator="In", values=list(products)
-                            )
-                        ]
-                    )
-                ]
-            )
-        )
-    )
-
-
 def _port_name(port: int) -> str:
     return f"tcp-{port}"
 
 
 class GpuWorkload(pulumi.ComponentResource):
-    workload: k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet
-    cpu_workload: k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet | None
+    workload: k8s.apps.v1.Deployment
+    cpu_workload: k8s.apps.v1.Deployment | None
     service: k8s.core.v1.Service | None
     secret: k8s.core.v1.Secret | None
     claims: list[k8s.core.v1.PersistentVolumeClaim]
@@ -271,18 +105,17 @@ class GpuWorkload(pulumi.ComponentResource):
 
         self.claims = []
         self._claim_names: dict[str, pulumi.Output[str]] = {}
-        if not args.stateful:
-            for volume in args.volumes:
-                if volume.kind != "pvc":
-                    continue
-                claim = k8s.core.v1.PersistentVolumeClaim(
-                    f"{name}-{volume.name}",
-                    metadata=self._meta(f"{args.name}-{volume.name}", {"pulumi.com/skipAwait": "true"}),
-                    spec=self._claim_spec(volume),
-                    opts=keep,
-                )
-                self.claims.append(claim)
-                self._claim_names[volume.name] = claim.metadata.name
+        for volume in args.volumes:
+            if volume.kind != "pvc":
+                continue
+            claim = k8s.core.v1.PersistentVolumeClaim(
+                f"{name}-{volume.name}",
+                metadata=self._meta(f"{args.name}-{volume.name}", {"pulumi.com/skipAwait": "true"}),
+                spec=self._claim_spec(volume),
+                opts=keep,
+            )
+            self.claims.append(claim)
+            self._claim_names[volume.name] = claim.metadata.name
 
         self.secret = None
         self._secret_name: pulumi.Output[str] | None = None
@@ -416,7 +249,7 @@ class GpuWorkload(pulumi.ComponentResource):
                         ),
                     )
                 )
-            elif not args.stateful:
+            else:
                 volumes.append(
                     k8s.core.v1.VolumeArgs(
                         name=volume.name,
@@ -439,9 +272,7 @@ class GpuWorkload(pulumi.ComponentResource):
         probe = args.probe
         default_port = args.ports[0] if args.ports else None
         products = [] if fallback else list(args.gpu_products)
-        selector = dict(args.node_selector)
-        if len(products) == 1:
-            selector[PRODUCT_LABEL] = products[0]
+        selector = {PRODUCT_LABEL: products[0]} if len(products) == 1 else {}
 
         container = k8s.core.v1.ContainerArgs(
             name=args.name,
@@ -482,7 +313,7 @@ class GpuWorkload(pulumi.ComponentResource):
         wants_gpu: bool,
         image: pulumi.Input[str],
         env: Mapping[str, str],
-    ) -> k8s.apps.v1.Deployment | k8s.apps.v1.StatefulSet:
+    ) -> k8s.apps.v1.Deployment:
         args = self._args
         # Selects one variant's pods only, so the GPU and CPU Deployments never adopt each other's.
         variant = "gpu" if wants_gpu else "cpu"
@@ -507,27 +338,6 @@ class GpuWorkload(pulumi.ComponentResource):
             name=object_name, namespace=args.namespace, labels=labels, annotations=annotations
         )
         opts = child_options(self, self._opts)
-        if args.stateful:
-            return k8s.apps.v1.StatefulSet(
-                resource_name,
-                metadata=metadata,
-                spec=k8s.apps.v1.StatefulSetSpecArgs(
-                    service_name=args.name,
-                    replicas=replicas,
-                    selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
-                    template=template,
-                    volume_claim_templates=[
-                        k8s.core.v1.PersistentVolumeClaimArgs(
-                            metadata=k8s.meta.v1.ObjectMetaArgs(name=v.name, labels=self._labels),
-                            spec=self._claim_spec(v),
-                        )
-                        for v in args.volumes
-                        if v.kind == "pvc"
-                    ]
-                    or None,
-                ),
-                opts=opts,
-            )
         return k8s.apps.v1.Deployment(
             resource_name,
             metadata=metadata,

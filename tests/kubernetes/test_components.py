@@ -19,25 +19,21 @@ import pytest
 import yaml
 
 from components.core.catalog import PROFILES
+from components.core.sharing import SharingSpec, validate_sharing
 from components.core.values import UserSpec, check_image_pinned
+from components.core.wire import SECRET_SIG, SIG_KEY, UNKNOWN
 from components.kubernetes.cluster import (
     CONFIG_MAP_NAME,
     MICROK8S_TOOLKIT_ENV,
     GpuCluster,
     GpuClusterArgs,
     OperatorSpec,
-    SharingSpec,
     device_plugin_config,
     operator_values,
-    validate_sharing,
 )
-from components.kubernetes.workload import (
-    GpuWorkload,
-    GpuWorkloadArgs,
-    ProbeSpec,
-    VolumeSpec,
-)
-from stacks.wire import SECRET_SIG, SIG_KEY, UNKNOWN, to_manifest
+from components.kubernetes.workload import GpuWorkload
+from components.kubernetes.workload_spec import GpuWorkloadArgs, ProbeSpec, VolumeSpec
+from stacks.wire import to_manifest
 
 K8S_VERSION = "1.30.0"
 A2 = PROFILES["a2"]
@@ -129,7 +125,6 @@ def whisper_args(**changes: Any) -> GpuWorkloadArgs:
         shm_mib=1024,
         probe=ProbeSpec(http_path="/health", startup_window_s=900),
         gpu_products=A2.gpu_products,
-        stateful=True,
         component="stt",
     )
     return replace(base, **changes)
@@ -225,8 +220,8 @@ def test_every_kubernetes_object_is_a_valid_manifest(registered: list[Registered
         kinds.append(m["kind"])
     for kind in ("Namespace", "RuntimeClass", "ConfigMap", "Secret", "PersistentVolumeClaim", "Service"):
         assert kind in kinds
-    assert kinds.count("Deployment") == 4  # kokoro, kokoro-cpu, llm, openwebui
-    assert kinds.count("StatefulSet") == 1  # faster-whisper
+    assert kinds.count("Deployment") == 5  # kokoro, kokoro-cpu, faster-whisper, llm, openwebui
+    assert "StatefulSet" not in kinds
 
 
 def test_components_register_with_their_tokens(registered: list[Registered]) -> None:
@@ -445,8 +440,8 @@ def test_pinned_images_pass() -> None:
     ("changes", "needle"),
     [
         ({"user": UserSpec(0, 0)}, "uid 0"),
-        ({"gpu": 0}, "cpu_fallback is for GPU workloads"),
-        ({"env": {"API_KEY": "x"}, "secret_env": {"API_KEY": "y"}}, "both env and secret_env"),
+        ({"gpu": 0}, "cpu_fallback: is for a GPU service"),
+        ({"env": {"API_KEY": "x"}, "secret_env": {"API_KEY": "y"}}, "secret_env.API_KEY: also set in env"),
         ({"probe": ProbeSpec()}, "exactly one"),
         ({"volumes": [VolumeSpec(name="models", mount_path="/m")]}, "needs a size"),
         ({"mig_resource": "nvidia.com/gpu"}, "nvidia.com/mig-"),
@@ -541,8 +536,8 @@ def test_secret_env_goes_through_a_secret(registered: list[Registered]) -> None:
     raw = one(registered, "kubernetes:core/v1:Secret", "faster-whisper-env").inputs["stringData"]
     assert raw[SIG_KEY] == SECRET_SIG  # kept secret in the Pulumi state
 
-    sts = manifest(registered, "kubernetes:apps/v1:StatefulSet", "faster-whisper")
-    (container,) = pod_spec(sts)["containers"]
+    deployment = manifest(registered, "kubernetes:apps/v1:Deployment", "faster-whisper")
+    (container,) = pod_spec(deployment)["containers"]
     env = {e["name"]: e for e in container["env"]}
     assert env["API_KEY"] == {
         "name": "API_KEY",
@@ -554,20 +549,16 @@ def test_secret_env_goes_through_a_secret(registered: list[Registered]) -> None:
             assert API_KEY not in json.dumps(r.inputs), r.name
 
 
-def test_stateful_workload_claims_follow_the_pod(registered: list[Registered]) -> None:
-    sts = manifest(registered, "kubernetes:apps/v1:StatefulSet", "faster-whisper")
-    assert sts["spec"]["serviceName"] == "faster-whisper"
-    (template,) = sts["spec"]["volumeClaimTemplates"]
-    assert template["metadata"]["name"] == "hf-cache"
-    assert template["spec"]["resources"]["requests"] == {"storage": "20Gi"}
-    pod = pod_spec(sts)
+def test_workload_volumes_claim_host_path_and_shm(registered: list[Registered]) -> None:
+    deployment = manifest(registered, "kubernetes:apps/v1:Deployment", "faster-whisper")
+    pod = pod_spec(deployment)
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert "hf-cache" not in volumes  # provided by the claim template
+    assert volumes["hf-cache"]["persistentVolumeClaim"]["claimName"] == "faster-whisper-hf-cache"
     assert volumes["host-models"]["hostPath"] == {"path": "/srv/models", "type": "DirectoryOrCreate"}
     assert volumes["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "1024Mi"}
     assert pod["runtimeClassName"] == "nvidia"
-    names = {r.name for r in registered if r.typ == "kubernetes:core/v1:PersistentVolumeClaim"}
-    assert "faster-whisper-hf-cache" not in names
+    claim = manifest(registered, "kubernetes:core/v1:PersistentVolumeClaim", "faster-whisper-hf-cache")
+    assert claim["spec"]["resources"]["requests"] == {"storage": "20Gi"}
 
 
 def test_mig_workload_on_either_h100(registered: list[Registered]) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from stacks.plan import Plan, make_plan
-from tests.plans import plan_with
+from stacks.plan import Plan
+from tests.plans import ShippedPlan, plan_with
 from tests.stacks.test_kubernetes_stack import STACK, two_card_cluster
 
 POD_TEMPLATES = {
@@ -85,9 +85,11 @@ def pods(plan: Plan) -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture(scope="module", params=["a2", "two-cards"])
-def plan(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Plan:
+def plan(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, shipped_plan: ShippedPlan
+) -> Plan:
     if request.param == "a2":
-        return make_plan(STACK)
+        return shipped_plan(STACK)
     return plan_with(tmp_path_factory.mktemp("pss"), STACK, two_card_cluster)
 
 
@@ -117,10 +119,12 @@ def test_every_pod_meets_pod_security_restricted(plan: Plan) -> None:
         (lambda p: p["containers"][0]["securityContext"]["capabilities"].update(add=["SYS_ADMIN"]), "adds"),
     ],
 )
-def test_the_restatement_catches_what_restricted_refuses(change: Any, problem: str) -> None:
+def test_the_restatement_catches_what_restricted_refuses(
+    change: Any, problem: str, shipped_plan: ShippedPlan
+) -> None:
     import copy
 
-    (_, pod) = next((n, p) for n, p in pods(make_plan(STACK)) if n == "kokoro")
+    (_, pod) = next((n, p) for n, p in pods(shipped_plan(STACK)) if n == "kokoro")
     broken = copy.deepcopy(pod)
     change(broken)
     assert any(problem in p for p in restricted_problems(broken)), restricted_problems(broken)

@@ -24,12 +24,12 @@ import pytest
 import yaml
 
 from components.core.catalog import CPU_BASE_IMAGE
-from components.host import SMOKE_RUNNER, smoke
+from components.host import SMOKE_FILES, smoke, smoke_checklist
 from components.kubernetes.smoke_job import SmokeJobArgs, check_args
 from policy.validators import StackContext, check_resource
 from stacks.config import NAMESPACE, smoke_checks
 from stacks.plan import PROJECT_DIR, Plan, PlannedResource, make_plan, read_stack_config
-from tests.plans import plan_with, stack_config
+from tests.plans import ShippedPlan, plan_with, stack_config
 from tests.stacks.test_kubernetes_stack import (
     STACK,
     cli,
@@ -48,8 +48,8 @@ SMOKE_SERVICES = ("kokoro", "faster-whisper")
 
 
 @pytest.fixture(scope="module")
-def plan() -> Plan:
-    return make_plan(STACK)
+def plan(shipped_plan: ShippedPlan) -> Plan:
+    return shipped_plan(STACK)
 
 
 def job_of(plan: Plan, service: str) -> tuple[PlannedResource, dict[str, Any]]:
@@ -72,8 +72,10 @@ def arg(command: list[str], flag: str) -> str:
 
 # ---------------------------------------------------------------- the objects
 @pytest.mark.parametrize("preview", [False, True], ids=["up", "preview"])
-def test_the_job_and_config_map_validate_strictly_for_the_stacks_version(preview: bool) -> None:
-    chosen = make_plan(STACK, preview=True) if preview else make_plan(STACK)
+def test_the_job_and_config_map_validate_strictly_for_the_stacks_version(
+    preview: bool, shipped_plan: ShippedPlan
+) -> None:
+    chosen = shipped_plan(STACK, preview=preview)
     for service in SMOKE_SERVICES:
         for manifest in (job_of(chosen, service)[1], config_map_of(chosen, service)):
             kubernetes_validate.validate(manifest, k8s_version(), strict=True)
@@ -86,11 +88,12 @@ def test_the_config_map_holds_the_runner_byte_for_byte_and_checks_it_accepts(
 ) -> None:
     config_map = config_map_of(plan, service)
     assert config_map["immutable"] is True
-    assert set(config_map["data"]) == {"smoke.py", "checks.json"}
-    assert config_map["data"]["smoke.py"].encode("utf-8") == SMOKE_RUNNER.read_bytes()
+    assert set(config_map["data"]) == {"smoke.py", "smoke_checklist.py", "smoke_io.py", "checks.json"}
+    for key, path in SMOKE_FILES.items():
+        assert config_map["data"][key].encode("utf-8") == path.read_bytes()
     checks = json.loads(config_map["data"]["checks.json"])
-    parsed = smoke.parse_checks(checks)
-    assert parsed and all(isinstance(c, smoke.HttpCheck) for c in parsed)
+    parsed = smoke_checklist.parse_checks(checks)
+    assert parsed and all(isinstance(c, smoke_checklist.HttpCheck) for c in parsed)
     assert checks == smoke_checks(declared_smoke(service), gpu=True)
 
 
@@ -308,7 +311,8 @@ def test_render_writes_the_smoke_objects_and_they_validate(tmp_path: Path, plan:
         config_map = yaml.safe_load((out / f"configmap-{name}.yaml").read_text())
         for manifest in (job, config_map):
             kubernetes_validate.validate(manifest, k8s_version(), strict=True)
-        assert config_map["data"]["smoke.py"].encode("utf-8") == SMOKE_RUNNER.read_bytes()
+        for key, path in SMOKE_FILES.items():
+            assert config_map["data"][key].encode("utf-8") == path.read_bytes()
         assert job == job_of(plan, service)[1]
     assert len([m for _, m in objects(plan) if m["kind"] == "Job" and "smoke" in m["metadata"]["name"]]) == 2
 

@@ -21,14 +21,13 @@ import pytest
 import yaml
 
 from components.core.catalog import PROFILES, GpuProfile
+from components.core.sharing import SharingSpec, validate_sharing
 from components.kubernetes.cluster import (
     GpuClusterArgs,
     OperatorSpec,
-    SharingSpec,
     device_plugin_configs,
     node_product_labels,
     operator_values,
-    validate_sharing,
 )
 
 UPSTREAM = Path(__file__).resolve().parents[1] / "upstream"
