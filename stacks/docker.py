@@ -8,163 +8,62 @@ directories behind its bind mounts.
 
 from __future__ import annotations
 
-import shlex
 from pathlib import Path
 
 import pulumi
 import pulumi_command as command
 
 from components.core import vocabulary
-from components.core.catalog import PROFILES, GpuProfile
+from components.core.catalog import GpuProfile
 from components.core.values import NO_GPU, UserSpec, is_under, place_gpu_counts
-from components.docker.container import GpuContainer, GpuContainerArgs, HealthcheckSpec, Mount
+from components.docker.container import GpuContainer, GpuContainerArgs, Mount
 from components.docker.directories import HostDirectories
 from components.docker.docker_host import DockerHost
-from components.docker.image import BuildRecipe, CudaImage, RegistryLogin, release_tag
+from components.docker.image import BuildRecipe, CudaImage, release_tag
 from components.docker.smoke_run import SmokeSpec, SmokeTest
 from components.remote.gpu_host import GpuHost, PreflightRequest
 from components.remote.runners import HostRunners
 from components.remote.ssh import (
     SshTarget,
     command_connection,
-    docker_ssh_opts,
-    identity_file,
-    write_identity,
 )
 from stacks.config import (
     DockerTarget,
-    Healthcheck,
-    ImageConfig,
     ResolvedStack,
     Service,
     StackConfig,
     header_refs,
     resolve_header_refs,
+    resolve_profile,
     smoke_checks,
+)
+from stacks.docker_args import (
+    BUILD,
+    DEFAULT_DRIVER_CAPABILITIES,
+    base_url,
+    devices_of,
+    docker_transport,
+    healthcheck_spec,
+    image_naming,
+    recipe_for,
+    registry_login,
 )
 from stacks.hosts import provisioning, ssh_target
 
-BUILD = "build"
-DEFAULT_DRIVER_CAPABILITIES = "compute,utility"
 
-
-# The HTTP health probe, tried in this order with whatever the image has. `nvidia/cuda` runtime images and
-# slim images ship none of curl, wget, python3 or node, but they have bash: its /dev/tcp speaks HTTP/1.0.
-# An image with none of them gets a health log line that says what to set instead.
-_BASH_HTTP_GET = (
-    'exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1; '
-    'printf "GET %s HTTP/1.0\\r\\nHost: 127.0.0.1\\r\\nConnection: close\\r\\n\\r\\n" "$2" >&3; '
-    'read -r _ code _ <&3; case "$code" in 2??|3??) exit 0;; esac; '
-    'echo "GET $2 answered HTTP status ${code:-(none)}"; exit 1'
-)
-_PYTHON_HTTP_GET = (
-    "import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2]))"
-)
-_NODE_HTTP_GET = (
-    'require("http").get(process.argv[1], (r) => process.exit(r.statusCode < 400 ? 0 : 1))'
-    '.on("error", (e) => { console.log(String(e)); process.exit(1); })'
-)
-NO_PROBE_TOOL = (
-    "no curl, wget, python3, node or bash in this image to probe HTTP: "
-    "set healthcheck.command to a check the image can run"
-)
-
-
-def http_probe(path: str, port: int, timeout_s: int = 10) -> str:
-    """A `CMD-SHELL` health probe (run by the image's /bin/sh) that works with curl, wget, python3, node
-    or bash alone; an HTTP status of 400 or more, or no answer, is unhealthy."""
-    q = shlex.quote
-    url = f"http://127.0.0.1:{port}{path}"
-    tries = [
-        ("curl", f"curl -fsS -o /dev/null --max-time {timeout_s} {q(url)}"),
-        ("wget", f"wget -q -O /dev/null -T {timeout_s} {q(url)}"),
-        ("python3", f"python3 -c {q(_PYTHON_HTTP_GET)} {q(url)} {timeout_s}"),
-        ("node", f"node -e {q(_NODE_HTTP_GET)} {q(url)}"),
-        ("bash", f"bash -c {q(_BASH_HTTP_GET)} probe {port} {q(path)}"),
-    ]
-    steps = [f"if command -v {tool} >/dev/null 2>&1; then exec {run}; fi" for tool, run in tries]
-    return "; ".join([*steps, f"echo {q(NO_PROBE_TOOL)}; exit 1"])
-
-
-def healthcheck_spec(check: Healthcheck) -> HealthcheckSpec:
-    if check.http is not None:
-        test: tuple[str, ...] = ("CMD-SHELL", http_probe(check.http.path, check.http.port, check.timeout))
-    elif isinstance(check.command, str):
-        test = ("CMD-SHELL", check.command)
-    else:
-        test = ("CMD", *(check.command or []))
-    return HealthcheckSpec(test, check.interval, check.timeout, check.retries, check.start_period)
-
-
-def docker_transport(ssh: SshTarget, target: DockerTarget, stack: str) -> pulumi.Output[list[str]]:
-    """The Docker provider's sshOpts; with `target.sshKey`, its key file is written first, every run."""
-    if target.ssh_key is None:
-        return pulumi.Output.from_input(docker_ssh_opts(ssh, None))
-    identity = identity_file(pulumi.get_project(), stack)
-    written = pulumi.Output.secret(target.ssh_key).apply(lambda key: write_identity(identity, key))
-    return pulumi.Output.unsecret(written.apply(lambda _: docker_ssh_opts(ssh, identity)))
-
-
-def registry_login(image: ImageConfig | None) -> RegistryLogin | None:
-    if image is None or image.registry is None:
-        return None
-    login = image.registry
-    return RegistryLogin(login.server, login.username, pulumi.Output.secret(login.password))
-
-
-def recipe_for(svc: Service, image: ImageConfig) -> BuildRecipe:
-    """The service's build: its own `build` keys over the stack's image section."""
-    own = svc.build
-    context = own.context if own and own.context else image.context
-    dockerfile = own.dockerfile if own and own.dockerfile else image.dockerfile
-    same_source = (context, dockerfile) == (image.context, image.dockerfile)
-    target = own.target if own and own.target else (image.target if same_source else None)
-    return BuildRecipe(context, dockerfile, target)
-
-
-def build_contexts(config: StackConfig) -> list[str]:
-    """The build contexts `pulumi up` reads (none when a tag is pinned: the rollback path builds nothing).
-    pulumi-docker's Image hashes its context and opens its Dockerfile at Check, so at preview too."""
-    image = config.image
-    if image is None or image.tag:
-        return []
-    return sorted({recipe_for(svc, image).context for svc in config.services.values() if svc.image == BUILD})
-
-
-def image_naming(
-    recipe: BuildRecipe, main: BuildRecipe, image: ImageConfig, service: str
-) -> tuple[str, str, str]:
-    """(resource name, repository, tag suffix): another stage of the main Dockerfile is `<tag>-<stage>`,
-    another source is its own repository `<repository>-<service>`."""
-    if recipe == main:
-        return "image", image.repository, ""
-    if (recipe.context, recipe.dockerfile) == (main.context, main.dockerfile) and recipe.target:
-        return f"image-{recipe.target}", image.repository, f"-{recipe.target}"
-    return f"image-{service}", f"{image.repository}-{service}", ""
-
-
-def base_url(svc: Service) -> str:
-    """Where the smoke runner on the host reaches the service: its first port published over TCP."""
-    tcp = [p for p in svc.ports if p.protocol == "tcp"]  # config.py refuses HTTP checks without one
-    if not tcp:
-        return "http://127.0.0.1"
-    port = tcp[0]
-    host = port.host_ip if port.host_ip not in ("", "0.0.0.0") else "127.0.0.1"  # noqa: S104 - a bind address
-    return f"http://{f'[{host}]' if ':' in host else host}:{port.host_port}"
-
-
-def detected_profile(stack: ResolvedStack, key: str) -> GpuProfile:
-    """The profile the host's preflight matched, with the stack's CUDA choices (checked again)."""
-    cuda = stack.config.cuda
-    return PROFILES[key].with_overrides(
-        cuda_version=cuda.version, wheel_flavour=cuda.wheel_index, torch_version=cuda.torch_version
-    )
+def resolved_for(stack: ResolvedStack, detected: str) -> GpuProfile:
+    """The profile of a stack with `profile: auto`, once the host's preflight has named its card: resolved
+    by the same function as a named profile (stacks.config.resolve_profile), with the same checks."""
+    profile, _ = resolve_profile(stack.config, detected)
+    if profile is None:  # resolve_profile returns None only for auto without a detection
+        raise ValueError(f"the preflight detected no profile, got {detected!r}")
+    return profile
 
 
 def build_images(
     stack: ResolvedStack,
     services: dict[str, Service],
-    profile_key: pulumi.Input[str],
+    profile: pulumi.Output[GpuProfile],
     opts: pulumi.ResourceOptions,
 ) -> dict[str, CudaImage]:
     """service name -> the CudaImage it runs, for every service with image: build."""
@@ -180,15 +79,13 @@ def build_images(
                 f"image context {context} is not here: the release tag is derived from the Dockerfile paths, "
                 "stages and build args only, and `pulumi up` needs the source checked out there"
             )
-    build_args = pulumi.Output.from_input(profile_key).apply(
-        lambda key: {**detected_profile(stack, key).build_args(image.app_uid), **image.build_args}
-    )
+    build_args = profile.apply(lambda p: {**p.build_args(image.app_uid), **image.build_args})
     tag = (
         pulumi.Output.from_input(image.tag)
         if image.tag
-        else build_args.apply(
-            lambda args: release_tag(
-                profile=args["GPU_PROFILE"], recipes=[main, *recipes.values()], build_args=args
+        else pulumi.Output.all(profile, build_args).apply(
+            lambda both: release_tag(
+                profile=both[0].key, recipes=[main, *recipes.values()], build_args=both[1]
             )
         )
     )
@@ -210,12 +107,6 @@ def build_images(
                 opts=opts,
             )
     return {name: by_recipe[recipe] for name, recipe in recipes.items()}
-
-
-def devices_of(
-    placement: pulumi.Output[dict[str, tuple[str, ...]]], service: str
-) -> pulumi.Output[list[str]]:
-    return placement.apply(lambda placed: list(placed[service]))
 
 
 def host_directories(
@@ -243,77 +134,72 @@ def host_directories(
     }
 
 
-def deploy(stack: ResolvedStack) -> None:
-    config = stack.config
-    target = config.target
-    if not isinstance(target, DockerTarget):  # stacks.deploy dispatches on target.kind
-        raise TypeError(f"the docker target got a {target.kind} stack")
-    profile = stack.profile  # None: detected on the host by its preflight
-    ssh = (
-        None
-        if target.is_local
-        else ssh_target(
-            host=target.host,
-            port=target.port,
-            user=target.user,
-            host_key=target.host_key or "",
-            bastion=target.bastion,
-        )
+def ssh_of(target: DockerTarget) -> SshTarget | None:
+    """The one SSH connection to the host (None for `local`)."""
+    if target.is_local:
+        return None
+    return ssh_target(
+        host=target.host,
+        port=target.port,
+        user=target.user,
+        host_key=target.host_key or "",
+        bastion=target.bastion,
     )
-    connection = command_connection(ssh, target.ssh_key) if ssh else None
-    services = {name: config.services[name] for name in stack.start_order()}
 
-    # 0. The programs the deploy runs on the host (preflight, smoke runner), in the deploy user's own place.
-    runners = HostRunners("runners", stack=stack.stack, connection=connection) if connection else None
 
-    # 1. The GPU host: driver, preflight, toolkit, runtime, proof in a container (none for cpu).
-    gpu_host: GpuHost | None = None
-    profile_key: pulumi.Input[str] = profile.key if profile else ""
-    if profile is None or profile.is_gpu:
-        gpu_host = GpuHost(
-            "gpu-host",
-            connection=connection,
-            runners=runners,
-            provisioning=provisioning(config.provision, profile),
-            preflight=PreflightRequest(
-                profile=profile.key if profile else "auto",
-                cuda_version=config.cuda.version,
-                require_mig=config.cuda.mig,
-            ),
-            cuda_image_for=lambda key: detected_profile(stack, key).base_image,
-        )
-        if profile is None:
-            profile_key = gpu_host.profile
-    after_host: list[pulumi.Resource] = [gpu_host] if gpu_host else []
-
-    # 2. The Docker engine: provider and network.
-    host = DockerHost(
-        "host",
-        docker_url=ssh.docker_url if ssh else None,
-        ssh_opts=docker_transport(ssh, target, stack.stack) if ssh else None,
-        network_name=f"gpu-deploy-{stack.stack}",
-        registry=registry_login(config.image),
+def prove_gpu_host(
+    stack: ResolvedStack, connection: command.remote.ConnectionArgs | None, runners: HostRunners | None
+) -> GpuHost | None:
+    """Driver, preflight, toolkit, runtime and the proof in a container; none for the cpu profile."""
+    profile, config = stack.profile, stack.config
+    if profile is not None and not profile.is_gpu:
+        return None
+    return GpuHost(
+        "gpu-host",
+        connection=connection,
+        runners=runners,
+        provisioning=provisioning(config.provision, profile),
+        preflight=PreflightRequest(
+            profile=profile.key if profile else "auto",
+            cuda_version=config.cuda.version,
+            require_mig=config.cuda.mig,
+        ),
+        cuda_image_for=lambda key: resolved_for(stack, key).base_image,
     )
-    on_host = pulumi.ResourceOptions(providers=[host.provider], depends_on=after_host)
 
-    # 3. Host directories behind bind mounts, one command per owner (see host_directories).
-    directories = host_directories(config, target, connection)
 
-    # 4. Images: one per distinct (context, Dockerfile, stage) in use, all with the stack's release tag.
-    images = build_images(stack, services, profile_key, on_host)
-
-    # 5. Jobs and services in dependency order; services that ask for a count of GPUs get distinct
-    #    devices of the host (its preflight lists them), not all the first GPU.
-    gpu_available = profile is None or profile.is_gpu
+def place_devices(
+    services: dict[str, Service], gpu_host: GpuHost | None
+) -> tuple[dict[str, int], pulumi.Output[dict[str, tuple[str, ...]]] | None]:
+    """Services that ask for a count of GPUs get distinct devices of the host (its preflight lists them),
+    not all the first GPU."""
     counts = {name: svc.gpu.count for name, svc in services.items() if svc.gpu.mode == "count"}
-    placement = (
-        gpu_host.facts.apply(lambda facts: place_gpu_counts(counts, [g["uuid"] for g in facts["gpus"]]))
-        if gpu_host is not None and counts and gpu_available
-        else None
+    if gpu_host is None or not counts:
+        return counts, None
+    return counts, gpu_host.facts.apply(
+        lambda facts: place_gpu_counts(counts, [g["uuid"] for g in facts["gpus"]])
     )
+
+
+def start_services(
+    stack: ResolvedStack,
+    services: dict[str, Service],
+    *,
+    host: DockerHost,
+    gpu_host: GpuHost | None,
+    images: dict[str, CudaImage],
+    directories: dict[UserSpec, HostDirectories],
+    profile_key: pulumi.Input[str],
+    on_host: pulumi.ResourceOptions,
+) -> dict[str, GpuContainer]:
+    """Jobs and services in dependency order, each after what it `dependsOn` and its host directories."""
+    config, profile = stack.config, stack.profile
+    target = config.target
+    assert isinstance(target, DockerTarget)
+    gpu_available = gpu_host is not None
+    counts, placement = place_devices(services, gpu_host)
     containers: dict[str, GpuContainer] = {}
     for name, svc in services.items():
-        gpu = svc.gpu if gpu_available else NO_GPU
         if svc.gpu.wants_gpu and not gpu_available:
             pulumi.log.warn(f"service {name}: no GPU on this target, it runs on the CPU")
         waits_for: list[pulumi.Resource] = [containers[dep] for dep in svc.depends_on]
@@ -325,7 +211,7 @@ def deploy(stack: ResolvedStack) -> None:
             network=host.network.name,
             service=name,
             user=svc.user,
-            gpu=gpu,
+            gpu=svc.gpu if gpu_available else NO_GPU,
             driver_capabilities=svc.driver_capabilities
             or (profile.driver_capabilities if profile else DEFAULT_DRIVER_CAPABILITIES),
             command=svc.command_list,
@@ -355,8 +241,20 @@ def deploy(stack: ResolvedStack) -> None:
             args,
             opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=waits_for)),
         )
+    return containers
 
-    # 6. Smoke tests on the host, once every service is up (healthy where it has a health check).
+
+def smoke_test_services(
+    stack: ResolvedStack,
+    services: dict[str, Service],
+    containers: dict[str, GpuContainer],
+    *,
+    gpu_available: bool,
+    connection: command.remote.ConnectionArgs | None,
+    runners: HostRunners | None,
+) -> None:
+    """Smoke tests on the host, once every service is up (healthy where it has a health check); a
+    service's test runs again whenever its container is replaced."""
     everything: list[pulumi.Resource] = list(containers.values())
     for name, svc in services.items():
         checks = smoke_checks(svc.smoke, gpu=gpu_available)
@@ -375,6 +273,19 @@ def deploy(stack: ResolvedStack) -> None:
                 opts=pulumi.ResourceOptions(depends_on=everything),
             )
 
+
+def export_outputs(
+    stack: ResolvedStack,
+    services: dict[str, Service],
+    *,
+    gpu_host: GpuHost | None,
+    images: dict[str, CudaImage],
+    profile_key: pulumi.Input[str],
+) -> None:
+    """The stack outputs: `imageTag` is what a rollback goes back to."""
+    config = stack.config
+    target = config.target
+    assert isinstance(target, DockerTarget)
     pulumi.export("profile", profile_key)
     pulumi.export("target", "local" if target.is_local else target.host)
     if gpu_host is not None:
@@ -391,3 +302,66 @@ def deploy(stack: ResolvedStack) -> None:
         pulumi.export("imageRef", main_image.ref)
     pulumi.export("services", {name: f"{stack.stack}-{name}" for name in services})
     pulumi.export("startOrder", list(services))
+
+
+def deploy(stack: ResolvedStack) -> None:
+    """The Docker host's deployment, step by step."""
+    config = stack.config
+    target = config.target
+    if not isinstance(target, DockerTarget):  # stacks.deploy dispatches on target.kind
+        raise TypeError(f"the docker target got a {target.kind} stack")
+    ssh = ssh_of(target)
+    connection = command_connection(ssh, target.ssh_key) if ssh else None
+    services = {name: config.services[name] for name in stack.start_order()}
+
+    # 0. The programs the deploy runs on the host (preflight, smoke runner), in the deploy user's own place.
+    runners = HostRunners("runners", stack=stack.stack, connection=connection) if connection else None
+
+    # 1. The GPU host; its preflight names the card when the profile is `auto`.
+    gpu_host = prove_gpu_host(stack, connection, runners)
+    if stack.profile is not None:
+        profile = pulumi.Output.from_input(stack.profile)
+        profile_key: pulumi.Input[str] = stack.profile.key
+    else:
+        assert gpu_host is not None
+        profile = gpu_host.profile.apply(lambda key: resolved_for(stack, key))
+        profile_key = gpu_host.profile
+
+    # 2. The Docker engine: provider and network.
+    host = DockerHost(
+        "host",
+        docker_url=ssh.docker_url if ssh else None,
+        ssh_opts=docker_transport(ssh, target, stack.stack) if ssh else None,
+        network_name=f"gpu-deploy-{stack.stack}",
+        registry=registry_login(config.image),
+    )
+    on_host = pulumi.ResourceOptions(providers=[host.provider], depends_on=[gpu_host] if gpu_host else [])
+
+    # 3. Host directories behind bind mounts, one command per owner.
+    directories = host_directories(config, target, connection)
+
+    # 4. Images: one per distinct (context, Dockerfile, stage) in use, all with the stack's release tag.
+    images = build_images(stack, services, profile, on_host)
+
+    # 5. Jobs and services in dependency order.
+    containers = start_services(
+        stack,
+        services,
+        host=host,
+        gpu_host=gpu_host,
+        images=images,
+        directories=directories,
+        profile_key=profile_key,
+        on_host=on_host,
+    )
+
+    # 6. Smoke tests, then the outputs.
+    smoke_test_services(
+        stack,
+        services,
+        containers,
+        gpu_available=gpu_host is not None,
+        connection=connection,
+        runners=runners,
+    )
+    export_outputs(stack, services, gpu_host=gpu_host, images=images, profile_key=profile_key)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from stacks.docker import NO_PROBE_TOOL, http_probe
+from components.docker.healthcheck import NO_PROBE_TOOL, http_probe
 
 TOOLS = {
     "curl": shutil.which("curl"),
