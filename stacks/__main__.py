@@ -21,7 +21,8 @@ from typing import Any
 
 from stacks import load
 from stacks.config import ConfigError
-from stacks.diff import DiffConfigError, diff_plans, empty_plan, plan_at, render_text
+from stacks.diff import diff_plans, render_text
+from stacks.diff_sources import DiffConfigError, empty_plan, plan_at
 from stacks.plan import PROJECT_DIR, Plan, PlanError, PlannedResource, execute, list_stacks, prepare
 from stacks.stackfile import read_stack
 
@@ -144,7 +145,7 @@ def cmd_sources(args: argparse.Namespace) -> int:
     config = load().config
     if config.target.kind != "docker":
         return EXIT_OK
-    from stacks.docker import build_contexts  # noqa: PLC0415 (only Docker stacks build)
+    from stacks.docker_args import build_contexts  # noqa: PLC0415 (only Docker stacks build)
 
     contexts = build_contexts(config)
     for context in contexts:

@@ -3,7 +3,7 @@
 `python -m stacks diff STACK --config-file OTHER` compares the plan of `Pulumi.STACK.yaml` (before) with
 the plan of OTHER (after); `--against GIT_REF` compares the plan of the repository at GIT_REF (code and
 config) with the working tree's. The classification is pure: two plan JSON objects (`Plan.as_json()` or
-`python -m stacks plan STACK --json`) in, a `Diff` out.
+`python -m stacks plan STACK --json`) in, a `Diff` out; stacks/diff_sources.py makes the plan at a git ref.
 
 Rules, with resources keyed by URN:
 
@@ -11,7 +11,7 @@ Rules, with resources keyed by URN:
   resource has `retainOnDelete` (a built image leaves the state, not the host);
 - in both: the top-level input keys that differ, leaving out the keys in the AFTER resource's
   `ignoreChanges` (the engine ignores those). No key: unchanged. Otherwise REPLACE when the type (and
-  key) is in `REPLACE_ON_ANY_CHANGE` / `REPLACE_ON_KEYS` below, else UPDATE;
+  key) is one its provider cannot change in place (stacks/replacement.py), else UPDATE;
 - a value that is `[unknown]` (known only during a deployment) on either side is a possible change,
   shown "(unknown until deploy)". An input whose unknown value is the same on both sides comes from a
   resource that exists in the state already, so the engine knows it: it is a possible change only when
@@ -25,100 +25,22 @@ Rules, with resources keyed by URN:
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shlex
-import shutil
-import subprocess
-import sys
-import tempfile
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from components.core.vocabulary import UNKNOWN_PLACEHOLDER
-from stacks.plan import PlanError
+from stacks.plan import mock_id
+from stacks.replacement import kubernetes_force_new, replaces
 
 UNKNOWN = UNKNOWN_PLACEHOLDER
 Action = Literal["create", "replace", "update", "delete"]
 ACTIONS: tuple[Action, ...] = ("create", "replace", "update", "delete")
 
-# Types whose provider replaces the resource on any input change (no in-place update).
-REPLACE_ON_ANY_CHANGE: dict[str, str] = {
-    "docker:index/container:Container": "the Docker provider recreates a container for nearly every argument",
-    "docker:index/image:Image": "a different build is a different image",
-    "docker:index/remoteImage:RemoteImage": "a different reference is a different image",
-    "docker:index/network:Network": "a Docker network cannot be changed in place",
-}
-
-# Types replaced when one of these input keys changes (an update for any other key).
-COMMAND_REPLACE_KEYS = frozenset({"create", "stdin", "environment", "triggers"})
-REPLACE_ON_KEYS: dict[str, frozenset[str]] = {
-    # No `update` step is set here, so the command provider replaces (runs `create` again) instead.
-    "command:remote:Command": COMMAND_REPLACE_KEYS,
-    "command:local:Command": COMMAND_REPLACE_KEYS,
-    # pulumi-command v1.2.1 provider/pkg/provider/remote/copyController.go: triggers replace; a new source
-    # or remotePath is an update that copies again (a source of the same content copies nothing).
-    "command:remote:CopyToRemote": frozenset({"triggers"}),
-}
-# pulumi-kubernetes replaces (delete and create, never patch) an object when one of these fields changes
-# (provider/pkg/provider/diff.go forceNewProperties, v4.32+): its name or namespace for every kind, and the
-# kind's immutable fields. ConfigMap and Secret data too: the provider's enableConfigMapMutable and
-# enableSecretMutable are off by default. A claim replaced this way is a new, empty volume.
-K8S_FORCE_NEW_ALL = ("metadata.name", "metadata.namespace")
-K8S_FORCE_NEW: dict[str, tuple[str, ...]] = {
-    "kubernetes:core/v1:PersistentVolumeClaim": (
-        "spec.accessModes",
-        "spec.selector",
-        "spec.storageClassName",
-        "spec.volumeName",
-    ),
-    "kubernetes:apps/v1:Deployment": ("spec.selector",),
-    "kubernetes:apps/v1:DaemonSet": ("spec.selector",),
-    "kubernetes:apps/v1:StatefulSet": (
-        "spec.podManagementPolicy",
-        "spec.revisionHistoryLimit",
-        "spec.selector",
-        "spec.serviceName",
-        "spec.volumeClaimTemplates",
-    ),
-    "kubernetes:batch/v1:Job": ("spec.completions", "spec.parallelism", "spec.selector", "spec.template"),
-    "kubernetes:core/v1:Service": ("spec.clusterIP",),
-    "kubernetes:core/v1:ConfigMap": ("data", "binaryData"),
-    "kubernetes:core/v1:Secret": ("type", "stringData", "data"),
-}
-
-
-def _at(inputs: Mapping[str, Any], path: str) -> Any:
-    value: Any = inputs
-    for part in path.split("."):
-        value = value.get(part, _MISSING) if isinstance(value, Mapping) else _MISSING
-    return value
-
-
-def kubernetes_force_new(type_: str, before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    """The fields whose change makes pulumi-kubernetes replace this object."""
-    if not type_.startswith("kubernetes:") or type_.startswith("kubernetes:helm.sh/"):
-        return []
-    paths = (*K8S_FORCE_NEW_ALL, *K8S_FORCE_NEW.get(type_, ()))
-    return [p for p in paths if _at(before, p) != _at(after, p)]
-
-
-PROVIDER_PREFIX = "pulumi:providers:"
-PROVIDER_REPLACE_KEYS = frozenset({"host"})  # a provider for another host is another provider
-
 _SHORT = 80  # longest scalar shown as before -> after
-
-
-class DiffError(PlanError):
-    """A plan for the diff could not be made: exit code 1."""
-
-
-class DiffConfigError(Exception):
-    """A config error in one of the plans (the one line): exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -211,11 +133,6 @@ def _detail(key: str, before: Any, after: Any, *, unknown: bool) -> str:
     return key
 
 
-def mock_id(name: str) -> str:
-    """The id the offline plan's mocks give a resource named `name` (stacks/plan.py, `_PlanMocks`)."""
-    return f"{name}-id"
-
-
 def mentions(value: Any, needle: str) -> bool:
     """Whether `needle` (a mock id) is a whole word in `value` or anything inside it."""
     if isinstance(value, str):
@@ -272,20 +189,6 @@ def input_changes(
             unknown = has_unknown(a) or has_unknown(b)
         result.append((key, _detail(key, a, b, unknown=unknown), unknown))
     return result
-
-
-def replaces(type_: str, keys: set[str] | frozenset[str], after_inputs: Mapping[str, Any]) -> bool:
-    """Whether a change to `keys` of a resource of `type_` makes the provider replace it."""
-    if type_ in REPLACE_ON_ANY_CHANGE:
-        return True
-    if type_ in REPLACE_ON_KEYS:
-        if "triggers" in keys:
-            return True
-        # With an `update` step the command provider runs it instead of replacing.
-        return "update" not in after_inputs and bool(keys & REPLACE_ON_KEYS[type_])
-    if type_.startswith(PROVIDER_PREFIX):
-        return bool(keys & PROVIDER_REPLACE_KEYS)
-    return False
 
 
 def _by_urn(plan: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
@@ -429,67 +332,3 @@ def render_text(diff: Diff) -> str:
     return "\n".join(
         [f"### {diff.stack}", "", "```", *lines, "```", "", *data, *([""] if data else []), diff.summary()]
     )
-
-
-# ---------------------------------------------------------------- plans from elsewhere
-def _git(cwd: Path, *args: str) -> str:
-    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        raise DiffError(f"git {' '.join(args)}: {lines[-1] if lines else f'exit {result.returncode}'}")
-    return result.stdout.strip()
-
-
-@contextlib.contextmanager
-def checkout(project_dir: Path, ref: str) -> Iterator[Path]:
-    """The project directory as it is at `ref`: a detached worktree, removed afterwards."""
-    top = Path(_git(project_dir, "rev-parse", "--show-toplevel"))
-    prefix = _git(project_dir, "rev-parse", "--show-prefix")
-    holder = Path(tempfile.mkdtemp(prefix="gpu-deploy-diff-"))
-    tree = holder / "tree"
-    try:
-        _git(top, "worktree", "add", "--detach", str(tree), ref)
-        try:
-            yield tree / prefix
-        finally:
-            subprocess.run(
-                ["git", "worktree", "remove", "--force", str(tree)], cwd=top, capture_output=True, check=False
-            )
-    finally:
-        shutil.rmtree(holder, ignore_errors=True)
-        subprocess.run(["git", "worktree", "prune"], cwd=top, capture_output=True, check=False)
-
-
-def plan_json(project_dir: Path, stack: str, where: str) -> dict[str, Any]:
-    """`python -m stacks plan STACK --json` run in `project_dir` with this interpreter."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the code at project_dir, only
-    result = subprocess.run(
-        [sys.executable, "-m", "stacks", "plan", stack, "--json"],
-        cwd=project_dir,
-        capture_output=True,
-        text=True,
-        check=False,
-        env=env,
-    )
-    errors = [line for line in result.stderr.splitlines() if line.strip()]
-    if result.returncode == 2:  # the plan's config-error exit code
-        raise DiffConfigError(f"{errors[-1] if errors else 'config error'} ({where})")
-    if result.returncode != 0:
-        raise DiffError(f"the plan {where} failed: {errors[-1] if errors else f'exit {result.returncode}'}")
-    try:
-        plan: dict[str, Any] = json.loads(result.stdout)
-    except json.JSONDecodeError as err:
-        raise DiffError(f"the plan {where} printed no JSON: {err}") from None
-    return plan
-
-
-def empty_plan(stack: str) -> dict[str, Any]:
-    return {"stack": stack, "resources": [], "outputs": {}}
-
-
-def plan_at(project_dir: Path, ref: str, stack: str) -> dict[str, Any] | None:
-    """The plan of `stack` from the code and config at git `ref`; None when the stack is not there."""
-    with checkout(project_dir, ref) as tree:
-        if not (tree / f"Pulumi.{stack}.yaml").is_file():
-            return None
-        return plan_json(tree, stack, f"Pulumi.{stack}.yaml at {ref}")

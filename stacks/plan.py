@@ -22,24 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf import json_format
-from pulumi.runtime import config as runtime_config
-from pulumi.runtime import mocks, rpc, settings
-from pulumi.runtime.stack import Stack, wait_for_rpcs
-from pulumi.runtime.sync_await import _ensure_event_loop
+from pulumi.runtime import MockCallArgs, MockResourceArgs, Mocks
 
-from components.core.vocabulary import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
+from components.core import wire
+from components.core.vocabulary import SECRET_PLACEHOLDER
+from stacks import pulumi_sdk as sdk
 from stacks.config import STACK_FILE_VARIABLE, secure_values
 from stacks.stackfile import read_project, read_stack
-
-# How the engine's wire format marks secrets, references, outputs, assets and unknowns: the SDK's own.
-_SIG = rpc._special_sig_key
-_SECRET_SIG = rpc._special_secret_sig
-_RESOURCE_SIG = rpc._special_resource_sig
-_OUTPUT_SIG = rpc._special_output_value_sig
-_ASSET_SIG = rpc._special_asset_sig
-_ARCHIVE_SIG = rpc._special_archive_sig
-_UNKNOWN = rpc.UNKNOWN
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -100,45 +89,22 @@ class Plan:
         raise KeyError(f"no {type_} named {name}")
 
 
-# ---------------------------------------------------------------- wire values
+# ---------------------------------------------------------------- what the engine receives
 def plain(value: Any) -> Any:
-    """A wire value (as the engine receives it) -> JSON, secrets and unknowns replaced."""
-    if isinstance(value, dict):
-        sig = value.get(_SIG)
-        if sig == _SECRET_SIG:
-            return SECRET_PLACEHOLDER
-        if sig == _RESOURCE_SIG:
-            return value.get("urn")
-        if sig == _OUTPUT_SIG:
-            if value.get("secret"):
-                return SECRET_PLACEHOLDER
-            return plain(value["value"]) if "value" in value else UNKNOWN_PLACEHOLDER
-        if sig in (_ASSET_SIG, _ARCHIVE_SIG):
-            asset = {k: plain(v) for k, v in value.items() if k in ("path", "text", "uri", "hash")}
-            if "hash" not in asset and sig == _ASSET_SIG and Path(str(asset.get("path", ""))).is_file():
-                # the engine's asset hash: sha256 of the file's bytes (what a copy compares)
-                asset["hash"] = hashlib.sha256(Path(str(asset["path"])).read_bytes()).hexdigest()
-            return asset
-        return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [plain(v) for v in value]
-    if value == _UNKNOWN:
-        return UNKNOWN_PLACEHOLDER
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    """A wire value (as the engine receives it) -> JSON: secrets "[secret]", unknowns "[unknown]"."""
+    return wire.decode(value, wire.PLAN)
 
 
-def _struct(message: Any) -> dict[str, Any]:
-    result: dict[str, Any] = json_format.MessageToDict(message) if message is not None else {}
-    return result
+def mock_id(name: str) -> str:
+    """The id the plan's mocks give a resource named `name` (the same on every run, unlike a real one)."""
+    return f"{name}-id"
 
 
 def _provider_urn(reference: str) -> str | None:
     return reference.split("::" + reference.rsplit("::", 1)[-1], maxsplit=1)[0] if reference else None
 
 
-class RecordingMonitor(mocks.MockMonitor):
+class RecordingMonitor(sdk.MockMonitor):
     """The mock monitor, also keeping each registration's options and the stack's outputs."""
 
     def __init__(self, plan: Plan) -> None:
@@ -153,10 +119,10 @@ class RecordingMonitor(mocks.MockMonitor):
         self.plan_mocks.unknown_inputs = {
             key
             for key, value in request.object.fields.items()
-            if value.WhichOneof("kind") == "string_value" and value.string_value == _UNKNOWN
+            if value.WhichOneof("kind") == "string_value" and value.string_value == wire.UNKNOWN
         }
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
-        self.thread_loops.add(_ensure_event_loop())  # type: ignore[no-untyped-call]  # this thread's loop
+        self.thread_loops.add(sdk.thread_event_loop())
         dependencies = set(request.dependencies)
         for deps in request.propertyDependencies.values():
             dependencies.update(deps.urns)
@@ -169,7 +135,7 @@ class RecordingMonitor(mocks.MockMonitor):
                 name=request.name,
                 parent=request.parent or None,
                 custom=bool(request.custom),
-                inputs=plain(_struct(request.object)),
+                inputs=plain(sdk.struct_to_dict(request.object)),
                 options={
                     "dependsOn": sorted(dependencies),
                     "protect": bool(request.protect),
@@ -187,7 +153,7 @@ class RecordingMonitor(mocks.MockMonitor):
 
     def RegisterResourceOutputs(self, request: Any) -> Any:
         if request.urn == self.stack_urn:
-            self.plan.outputs = plain(_struct(request.outputs))
+            self.plan.outputs = plain(sdk.struct_to_dict(request.outputs))
         return super().RegisterResourceOutputs(request)  # type: ignore[no-untyped-call]
 
 
@@ -199,7 +165,7 @@ DEPLOY_TIME_OUTPUTS: dict[str, tuple[str, ...]] = {
 }
 
 
-class _PlanMocks(mocks.Mocks):
+class _PlanMocks(Mocks):
     """No cloud: a resource's state is what it was given; nothing else is invented.
 
     An input that was unknown stays unknown in the state. The SDK leaves unknown inputs out of what it
@@ -210,15 +176,15 @@ class _PlanMocks(mocks.Mocks):
     def __init__(self) -> None:
         self.unknown_inputs: set[str] = set()
 
-    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
+    def new_resource(self, args: MockResourceArgs) -> tuple[str | None, dict[Any, Any]]:
         state = dict(args.inputs)
         for key in self.unknown_inputs:
-            state[key] = _UNKNOWN
+            state[key] = wire.UNKNOWN
         for output in DEPLOY_TIME_OUTPUTS.get(args.typ, ()):
-            state[output] = _UNKNOWN
-        return f"{args.name}-id", state
+            state[output] = wire.UNKNOWN
+        return mock_id(args.name), state
 
-    def call(self, args: mocks.MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
+    def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
         return {}, None
 
 
@@ -320,23 +286,15 @@ def configure_runtime(
     logger = logging.getLogger(f"gpu-deploy.plan.{id(plan)}")
     logger.propagate = False
     logger.handlers = [_Collect(plan)]
-    monitor = RecordingMonitor(plan)
-    features = monitor.GetDeploymentInfo(None).supportedFeatures  # type: ignore[no-untyped-call]
-    settings.configure(
-        mocks.MockSettings(  # type: ignore[no-untyped-call]
-            monitor=monitor,
-            monitor_features=set(features),
-            engine=mocks.MockEngine(logger),
-            project=project,
-            stack=stack,
-            dry_run=preview,
-            organization="organization",
-            callbacks=None,
-        )
+    sdk.install_mocked_runtime(
+        RecordingMonitor(plan),
+        logger,
+        project=project,
+        stack=stack,
+        preview=preview,
+        config=config,
+        secret_keys=secret_keys,
     )
-    settings.set_root_resource(None)  # type: ignore[arg-type]
-    settings.SETTINGS.outputs = set()  # MockSettings keeps the last run's (maybe failed) tasks otherwise
-    runtime_config.set_all_config(config, secret_keys)
 
 
 def prepare(
@@ -370,27 +328,25 @@ async def _run_in_stack(program: Path) -> None:
     200 services took a minute. Here every registration is an RPC awaited in turn, and the outputs left
     over are gathered in waves, so the cost grows with the number of resources.
     """
-    await settings._load_monitor_feature_support()  # type: ignore[no-untyped-call]
-    stack = Stack()
+    await sdk.load_monitor_features()
+    stack = sdk.new_root_stack()
     try:
         runpy.run_path(str(program), run_name="__main__")
     except BaseException:
         # Like the SDK: let what was registered finish before the program's error is reported.
-        stack._finish()
+        sdk.finish_root_stack(stack)
         with contextlib.suppress(Exception):
             await _settle(raise_errors=False)
         raise
-    stack._finish()
+    sdk.finish_root_stack(stack)
     await _settle(raise_errors=True)
 
 
 async def _settle(*, raise_errors: bool) -> None:
     """Wait until no RPC, output or other task of the program is left, in waves (linear time)."""
     while True:
-        await wait_for_rpcs(await_all_outstanding_tasks=False)
-        with settings.SETTINGS.lock:
-            outputs = list(settings.SETTINGS.outputs)
-            settings.SETTINGS.outputs.clear()
+        await sdk.wait_for_registrations()
+        outputs = sdk.take_pending_outputs()
         waiting = {*outputs, asyncio.current_task()}
         others = [t for t in asyncio.all_tasks() if t not in waiting]
         if not outputs and not others:
@@ -413,7 +369,7 @@ def execute(plan: Plan, *, project_dir: Path = PROJECT_DIR) -> Plan:
         # The mock monitor runs in executor threads and makes each an event loop it never closes; left to
         # the garbage collector at interpreter exit, one sometimes fails on already-closed sockets.
         loop.run_until_complete(loop.shutdown_default_executor())
-        monitor = settings.SETTINGS.monitor
+        monitor = sdk.current_monitor()
         for thread_loop in getattr(monitor, "thread_loops", ()):
             if thread_loop is not loop and not thread_loop.is_running():
                 thread_loop.close()

@@ -1,23 +1,18 @@
 """Plain Kubernetes manifests from the inputs of registered pulumi-kubernetes resources.
 
 The engine receives a resource as a type token (`kubernetes:apps/v1:Deployment`) and its inputs in
-camelCase, with Pulumi's own encodings mixed in: secrets wrapped in a signature object, numbers as
-floats (protobuf Struct has no integers) and, during a preview, an "unknown" sentinel string.
-`to_manifest` undoes that, so the result can go to `kubectl apply --dry-run`, kubeconform or
-kubernetes-validate. Helm releases, YAML/Kustomize groups and providers are not Kubernetes objects:
-it returns None for them.
+camelCase, with Pulumi's own encodings mixed in (secrets in a signature object, numbers as floats, during
+a preview an "unknown" sentinel). `to_manifest` reads them with components.core.wire's MANIFEST reading
+(a secret's value revealed, an unknown value or a reference refused, null fields left out), so the result
+can go to `kubectl apply --dry-run`, kubeconform or kubernetes-validate. Helm releases, YAML/Kustomize
+groups and providers are not Kubernetes objects: it returns None for them.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pulumi.runtime import rpc
-
-# Pulumi's property-value signatures, as the SDK defines them.
-SIG_KEY: str = rpc._special_sig_key
-SECRET_SIG: str = rpc._special_secret_sig
-UNKNOWN: str = rpc.UNKNOWN
+from components.core.wire import MANIFEST, decode
 
 # Type-token groups that are Pulumi constructs rather than Kubernetes API objects.
 NON_OBJECT_GROUPS = ("helm.sh/", "yaml/", "kustomize/")
@@ -35,31 +30,13 @@ def api_version_kind(type_token: str) -> tuple[str, str] | None:
     return (version if group == "core" else f"{group}/{version}"), kind
 
 
-def _plain(value: Any, path: str) -> Any:
-    if isinstance(value, dict):
-        if SIG_KEY in value:
-            if value[SIG_KEY] != SECRET_SIG:
-                raise ValueError(f"{path}: an asset, archive or resource reference is not manifest data")
-            return _plain(value.get("value"), path)
-        return {
-            k: _plain(v, f"{path}.{k}") for k, v in value.items() if v is not None and not k.startswith("__")
-        }
-    if isinstance(value, list):
-        return [_plain(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if value == UNKNOWN:
-        raise ValueError(f"{path} is not known until the update runs (a preview value)")
-    return value
-
-
 def to_manifest(type_token: str, inputs: dict[str, Any]) -> dict[str, Any] | None:
     """The Kubernetes manifest that the inputs of one registered resource describe, or None for Helm."""
     identity = api_version_kind(type_token)
     if identity is None:
         return None
     api_version, kind = identity
-    body = _plain(inputs, kind)
+    body: dict[str, Any] = decode(inputs, MANIFEST, kind)
     for key, expected in (("apiVersion", api_version), ("kind", kind)):
         given = body.pop(key, expected)
         if given != expected:

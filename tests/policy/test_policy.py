@@ -7,13 +7,16 @@ engine would hand a policy pack. The last tests start the pack the way the engin
 
 from __future__ import annotations
 
+import ast
 import copy
 import functools
 import json
 import os
 import subprocess
 import sys
+import tomllib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc  # type: ignore[import-untyped,unused-ignore]
@@ -29,17 +32,20 @@ from pulumi_policy.proxy import UNKNOWN_STRING_VALUE, UnknownValueError, unknown
 from components.core import vocabulary
 from components.core.catalog import PROFILES
 from components.core.values import looks_secret
-from policy import validators as v
-from policy.validators import RULES, RULES_BY_NAME, StackContext, check_resource, check_rule
-from stacks.plan import PROJECT_DIR, Plan, PlannedResource, list_stacks, make_plan, read_stack_config
+from components.core.vocabulary import UNKNOWN_PLACEHOLDER
+from policy.container_rules import image_pin_problem
+from policy.context import StackContext
+from policy.reading import CONTAINER, IMAGE, POD_SPEC_PATHS, pod_containers, pod_spec
+from policy.validators import RULES, RULES_BY_NAME, check_resource, check_rule, to_plain, validate_with
+from stacks.plan import PROJECT_DIR, Plan, PlannedResource, list_stacks, read_stack_config
+from tests.plans import shipped_plan
 
 POLICY_DIR = PROJECT_DIR / "policy"
 SHIPPED = list_stacks(PROJECT_DIR)
 
 
-@functools.cache
 def plan_of(stack: str, preview: bool = False) -> Plan:
-    return make_plan(stack, preview=preview)
+    return shipped_plan(stack, preview=preview)
 
 
 @functools.cache
@@ -62,7 +68,7 @@ def test_shipped_stack_passes_every_rule(stack: str, preview: bool) -> None:
     ]
     assert violations == []
     checked = {r.type for r in plan.resources}
-    assert v.CONTAINER in checked or any(t in checked for t in v.POD_SPEC_PATHS), "nothing to check"
+    assert CONTAINER in checked or any(t in checked for t in POD_SPEC_PATHS), "nothing to check"
 
 
 # ---------------------------------------------------------------- planted violations, one per rule
@@ -119,11 +125,11 @@ def mig_devices(props: dict[str, Any]) -> None:
     ]
 
 
-APP = ("prod", v.CONTAINER, "app")
-BACKEND = ("a4000", v.CONTAINER, "backend")
-PROD_IMAGE = ("prod", v.IMAGE, "image-build")
+APP = ("prod", CONTAINER, "app")
+BACKEND = ("a4000", CONTAINER, "backend")
+PROD_IMAGE = ("prod", IMAGE, "image-build")
 PROD_DIRS = ("prod", "command:remote:Command", "dirs-1001-1001-prepare")
-H100_VISION = ("h100", v.CONTAINER, "vision")
+H100_VISION = ("h100", CONTAINER, "vision")
 
 # (rule, (stack, type, resource name), edit, words the message must contain)
 PLANTED: list[tuple[str, tuple[str, str, str], Callable[[dict[str, Any]], None], str]] = [
@@ -132,8 +138,8 @@ PLANTED: list[tuple[str, tuple[str, str, str], Callable[[dict[str, Any]], None],
     ("non-root-user", BACKEND, drop("user"), "has no user"),
     ("no-privileges", APP, set_("privileged", True), "privileged"),
     ("no-privileges", BACKEND, set_("capabilities", {"drops": ["ALL"], "adds": ["SYS_ADMIN"]}), "SYS_ADMIN"),
-    ("pinned-images", ("h100", v.CONTAINER, "redis"), set_("image", "redis:latest"), "latest"),
-    ("pinned-images", ("h100", v.CONTAINER, "redis"), set_("image", "redis"), "no tag"),
+    ("pinned-images", ("h100", CONTAINER, "redis"), set_("image", "redis:latest"), "latest"),
+    ("pinned-images", ("h100", CONTAINER, "redis"), set_("image", "redis"), "no tag"),
     ("pinned-images", PROD_IMAGE, build_arg("BASE_IMAGE", "nvidia/cuda"), "BASE_IMAGE"),
     ("host-paths-under-root", APP, mount_source("/etc"), "/etc is outside the stack's root"),
     (
@@ -208,11 +214,11 @@ def test_every_rule_has_a_planted_violation() -> None:
 
 
 def test_cpu_profile_takes_no_device_requests() -> None:
-    probe = resource("dev", v.CONTAINER, "probe")
+    probe = resource("dev", CONTAINER, "probe")
     cpu = StackContext(stack="dev", profile="cpu")
     props = copy.deepcopy(probe.inputs)
     props["deviceRequests"] = [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    messages = check_resource(v.CONTAINER, props, cpu, name="probe")
+    messages = check_resource(CONTAINER, props, cpu, name="probe")
     assert any("profile cpu has no GPU" in m for m in messages)
 
 
@@ -220,16 +226,16 @@ def test_mig_device_ids_are_fine_on_h100() -> None:
     props = copy.deepcopy(resource(*H100_VISION).inputs)
     mig_devices(props)
     props["envs"] = [e for e in props["envs"] if not e.startswith("NVIDIA_VISIBLE_DEVICES=")]
-    assert check_resource(v.CONTAINER, props, context_of("h100"), name="vision") == []
+    assert check_resource(CONTAINER, props, context_of("h100"), name="vision") == []
 
 
 def test_unknown_profile_skips_only_profile_checks() -> None:
     """Profile `auto` during preview: the label is unknown, so MIG/CPU checks wait for `pulumi up`."""
     props = copy.deepcopy(resource(*BACKEND).inputs)
     mig_devices(props)
-    props["labels"] = [{"label": vocabulary.LABEL_PROFILE, "value": v.UNKNOWN}]
+    props["labels"] = [{"label": vocabulary.LABEL_PROFILE, "value": UNKNOWN_PLACEHOLDER}]
     props["user"] = "0:0"
-    messages = check_resource(v.CONTAINER, props, StackContext(root="/srv/nlp-backend"), name="backend")
+    messages = check_resource(CONTAINER, props, StackContext(root="/srv/nlp-backend"), name="backend")
     assert not any("MIG" in m for m in messages)
     assert any("runs as root" in m for m in messages)
 
@@ -242,7 +248,7 @@ def test_labels_override_the_config() -> None:
         {"label": vocabulary.LABEL_ROOT, "value": "/srv/other"},
     ]
     mig_devices(props)
-    messages = check_resource(v.CONTAINER, props, StackContext(profile="h100", root="/srv/nlp-backend"))
+    messages = check_resource(CONTAINER, props, StackContext(profile="h100", root="/srv/nlp-backend"))
     assert any("MIG" in m for m in messages)
     assert any("outside the stack's root /srv/other" in m for m in messages)
 
@@ -250,7 +256,7 @@ def test_labels_override_the_config() -> None:
 def test_bind_mount_without_a_root_fails() -> None:
     props = copy.deepcopy(resource(*APP).inputs)
     props["labels"] = []
-    messages = check_resource(v.CONTAINER, props, StackContext(profile="p40"), name="app")
+    messages = check_resource(CONTAINER, props, StackContext(profile="p40"), name="app")
     assert any("no target.root" in m for m in messages)
 
 
@@ -265,7 +271,7 @@ def test_declared_secret_env_passes_where_the_engine_unwraps_it() -> None:
             "gpu-deploy:services": json.dumps({"app": {"secretEnv": {"JWT_SECRET": "s3cr3t"}}}),
         }
     )
-    assert check_resource(v.CONTAINER, props, declared, name="app") == []
+    assert check_resource(CONTAINER, props, declared, name="app") == []
     other_service = StackContext.from_config(
         {
             "gpu-deploy:profile": "p40",
@@ -275,7 +281,7 @@ def test_declared_secret_env_passes_where_the_engine_unwraps_it() -> None:
             ),
         }
     )
-    assert any("JWT_SECRET" in m for m in check_resource(v.CONTAINER, props, other_service, name="app"))
+    assert any("JWT_SECRET" in m for m in check_resource(CONTAINER, props, other_service, name="app"))
 
 
 def test_context_from_pulumi_config() -> None:
@@ -331,11 +337,11 @@ def test_catalog_facts_come_from_the_profiles() -> None:
         ("redis:latest", False),
         ("registry.local:5000/team/app", False),
         ("", False),
-        (v.UNKNOWN, True),
+        (UNKNOWN_PLACEHOLDER, True),
     ],
 )
 def test_image_pinning(ref: str, pinned: bool) -> None:
-    assert (v.image_pin_problem(ref) is None) == pinned
+    assert (image_pin_problem(ref) is None) == pinned
 
 
 # ---------------------------------------------------------------- Kubernetes-shaped props
@@ -395,16 +401,16 @@ def test_k8s_deployment_that_complies() -> None:
 
 
 def test_k8s_other_workload_shapes() -> None:
-    pod_spec = pod_of(deployment())
+    spec = pod_of(deployment())
     shapes = {
-        "kubernetes:core/v1:Pod": {"metadata": {"name": "p"}, "spec": pod_spec},
-        "kubernetes:apps/v1:StatefulSet": {"spec": {"template": {"spec": pod_spec}}},
-        "kubernetes:batch/v1:CronJob": {"spec": {"jobTemplate": {"spec": {"template": {"spec": pod_spec}}}}},
+        "kubernetes:core/v1:Pod": {"metadata": {"name": "p"}, "spec": spec},
+        "kubernetes:apps/v1:StatefulSet": {"spec": {"template": {"spec": spec}}},
+        "kubernetes:batch/v1:CronJob": {"spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}},
     }
     for type_, props in shapes.items():
         assert check_resource(type_, props, H100, name="w") == [], type_
         broken = copy.deepcopy(props)
-        container = v.pod_containers(v.pod_spec(type_, broken))[0]
+        container = pod_containers(pod_spec(type_, broken))[0]
         assert isinstance(container, dict)
         container["securityContext"]["privileged"] = True
         assert any("runs privileged" in m for m in check_resource(type_, broken, H100, name="w")), type_
@@ -509,23 +515,27 @@ def wire(value: Any) -> Any:
         return {k: wire(item) for k, item in value.items()}
     if isinstance(value, list):
         return [wire(item) for item in value]
-    return UNKNOWN_STRING_VALUE if value == v.UNKNOWN else value
+    return UNKNOWN_STRING_VALUE if value == UNKNOWN_PLACEHOLDER else value
 
 
 def test_to_plain_turns_unknowns_into_placeholders() -> None:
     props = unknown_checking_proxy({"image": UNKNOWN_STRING_VALUE, "memory": 2048.0, "envs": ["A=1"]})
     with pytest.raises(UnknownValueError):
         _ = props["image"]
-    assert v.to_plain(props, (UnknownValueError,)) == {"image": v.UNKNOWN, "memory": 2048, "envs": ["A=1"]}
+    assert to_plain(props, (UnknownValueError,)) == {
+        "image": UNKNOWN_PLACEHOLDER,
+        "memory": 2048,
+        "envs": ["A=1"],
+    }
 
 
-def analyze(props: dict[str, Any], context: StackContext, type_: str = v.CONTAINER) -> list[Any]:
+def analyze(props: dict[str, Any], context: StackContext, type_: str = CONTAINER) -> list[Any]:
     """Run every rule through pulumi_policy's own analyzer servicer, as the engine's Analyze call would."""
     policies: list[Policy] = [
         ResourceValidationPolicy(
             name=rule.name,
             description=rule.description,
-            validate=v.validate_with(rule, lambda: context, (UnknownValueError,)),
+            validate=validate_with(rule, lambda: context, (UnknownValueError,)),
         )
         for rule in RULES
     ]
@@ -541,13 +551,13 @@ def analyze(props: dict[str, Any], context: StackContext, type_: str = v.CONTAIN
 
 def test_sdk_path_passes_a_shipped_container_with_unknowns() -> None:
     props = copy.deepcopy(resource(*APP).inputs)
-    props["image"] = v.UNKNOWN  # not known during preview
+    props["image"] = UNKNOWN_PLACEHOLDER  # not known during preview
     assert analyze(props, context_of("prod")) == []
 
 
 def test_sdk_path_reports_mandatory_violations() -> None:
     props = copy.deepcopy(resource(*APP).inputs)
-    props["image"] = v.UNKNOWN
+    props["image"] = UNKNOWN_PLACEHOLDER
     props["user"] = "0:0"
     diagnostics = analyze(props, context_of("prod"))
     assert [d.policyName for d in diagnostics] == ["non-root-user"]
@@ -563,12 +573,48 @@ def test_pack_files() -> None:
     assert doc["description"]
     requirements = (POLICY_DIR / "requirements.txt").read_text()
     assert "pulumi-policy>=1.21,<2" in requirements
+    # this repository's core, editable; pip reads the path from where it runs: policy/, as the CLI runs it
+    assert "-e .." in requirements.splitlines()
+    setuptools = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert setuptools["packages"] == ["components", "components.core", "policy"]  # no Pulumi components
+
+
+def imports(path: Path) -> set[str]:
+    """The modules a Python file imports (a relative import as the package it names)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            package = ".".join(path.parent.relative_to(PROJECT_DIR).parts)
+            found.add(f"{package}.{node.module or ''}".rstrip(".") if node.level else str(node.module))
+    return found
+
+
+PACK_FILES = sorted([*POLICY_DIR.glob("*.py"), *(PROJECT_DIR / "components" / "core").glob("*.py")])
+
+
+@pytest.mark.parametrize("path", PACK_FILES, ids=lambda p: str(p.relative_to(PROJECT_DIR)))
+def test_the_pack_imports_only_the_core_and_the_policy_sdk(path: Path) -> None:
+    """The pack's virtualenv holds the policy SDK and this repository's standard-library core, nothing
+    else: the rules and the core import the standard library, components.core and policy only, and the
+    pack finds them installed (policy/requirements.txt), never through a sys.path of its own."""
+    sdk = {"pulumi_policy", "pulumi_policy.proxy", "pulumi.runtime"} if path.name == "__main__.py" else set()
+    own = ("components.core.", "policy.") if path.parent == POLICY_DIR else ("components.core.",)
+    for name in imports(path):
+        top = name.split(".")[0]
+        allowed = top in sys.stdlib_module_names or name.startswith(own) or name in sdk
+        assert allowed, f"{path.relative_to(PROJECT_DIR)} imports {name}: not in the policy pack's virtualenv"
+    assert "sys.path" not in path.read_text()
 
 
 def test_pack_serves_every_rule_over_grpc() -> None:
     """`python -m pulumi.policy ENGINE .` in policy/, as pulumi-analyzer-policy-python runs it."""
     _, config, _ = read_stack_config(PROJECT_DIR, "prod")
-    env = {**os.environ, "PULUMI_CONFIG": json.dumps(config), "PULUMI_STACK": "prod"}
+    # No PYTHONPATH: the pack finds components.core and policy installed (requirements-dev.txt `-e .`),
+    # as it does in its own virtualenv
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env |= {"PULUMI_CONFIG": json.dumps(config), "PULUMI_STACK": "prod"}
     pack = subprocess.Popen(
         [sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "."],
         cwd=POLICY_DIR,
@@ -593,7 +639,7 @@ def test_pack_serves_every_rule_over_grpc() -> None:
             properties = struct_pb2.Struct()
             properties.update(wire(props))
             request = proto.AnalyzeRequest(
-                type=v.CONTAINER, urn="urn:pulumi:prod::gpu-deploy::x::app", name="app"
+                type=CONTAINER, urn="urn:pulumi:prod::gpu-deploy::x::app", name="app"
             )
             request.properties.CopyFrom(properties)
             response = stub.Analyze(request, timeout=20)

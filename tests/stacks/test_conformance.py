@@ -20,7 +20,7 @@ import posixpath
 import re
 import shlex
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,9 +29,9 @@ import pulumi_command
 import pulumi_docker
 import pytest
 from pulumi._types import input_type_py_to_pulumi_names, is_input_type
-from pulumi.runtime import rpc
 
 import stacks.plan
+from components.core import wire
 from components.core.vocabulary import SECRET_PLACEHOLDER, UNKNOWN_PLACEHOLDER
 from stacks.plan import PROJECT_DIR, Plan, PlannedResource, make_plan
 from tests.plans import (
@@ -42,6 +42,7 @@ from tests.plans import (
     REMOTE_COMMAND,
     REMOTE_IMAGE,
     plan_with,
+    shipped_plan,
     stack_config,
 )
 
@@ -195,9 +196,8 @@ def check_resource(resource: Mapping[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------- plans
-@functools.cache
 def planned(stack: str) -> Plan:
-    return make_plan(stack)
+    return shipped_plan(stack)
 
 
 def checked_resources(plan: Plan) -> list[PlannedResource]:
@@ -851,18 +851,12 @@ def connection_failures(connection: Mapping[str, Any], where: str = "connection"
     return problems
 
 
-_MASKING_PLAIN = stacks.plan.plain
+_UNMASKED = replace(wire.PLAN, reveal_secrets=True)
 
 
 def _unmasking_plain(value: Any) -> Any:
     """stacks.plan.plain, but a secret shows its value: the connection as the provider receives it."""
-    if isinstance(value, dict):
-        sig = value.get(rpc._special_sig_key)
-        if sig == rpc._special_secret_sig:
-            return stacks.plan.plain(value.get("value"))
-        if sig == rpc._special_output_value_sig and value.get("secret") and "value" in value:
-            return stacks.plan.plain(value["value"])
-    return _MASKING_PLAIN(value)
+    return wire.decode(value, _UNMASKED)
 
 
 def _with_bastion_and_key(config: dict[str, Any]) -> None:

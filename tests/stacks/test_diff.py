@@ -18,15 +18,10 @@ from typing import Any
 import pytest
 import yaml
 
-from stacks.diff import (
-    REPLACE_ON_ANY_CHANGE,
-    Diff,
-    diff_plans,
-    empty_plan,
-    mock_id,
-    render_text,
-)
-from stacks.plan import PROJECT_DIR
+from stacks.diff import Diff, diff_plans, render_text
+from stacks.diff_sources import empty_plan
+from stacks.plan import PROJECT_DIR, mock_id
+from stacks.replacement import REPLACE_ON_ANY_CHANGE
 from tests.plans import CONTAINER, IMAGE, LOCAL_COMMAND, REMOTE_COMMAND, REMOTE_IMAGE
 
 NETWORK = "docker:index/network:Network"
