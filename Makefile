@@ -20,6 +20,7 @@ plan: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/vermin -q -t=3.8- --violations --no-tips components/host/*.py components/core/*.py
 	$(BIN)/shellcheck --external-sources --severity=style components/host/scripts/*.sh .ci/*.sh
 	$(BIN)/hadolint images/cuda-python/Dockerfile
 
@@ -37,8 +38,11 @@ real: venv
 
 test: lint typecheck unit real
 
+# wall-clock limits the unit suite does not assert: plan and stack-file times, the probe's timeouts
 bench: venv
 	$(BIN)/python tests/bench_plan.py
+	$(BIN)/python tests/bench_probe.py
+	$(BIN)/python tests/bench_smoke.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -17,6 +17,36 @@ REMOTE_IMAGE = "docker:index/remoteImage:RemoteImage"
 REMOTE_COMMAND = "command:remote:Command"
 LOCAL_COMMAND = "command:local:Command"
 DOCKER_PROVIDER = "pulumi:providers:docker"
+
+
+class ShippedPlan(Protocol):
+    """The type of the `shipped_plan` fixture (shipped_plan below)."""
+
+    def __call__(self, stack: str, *, preview: bool = False) -> Plan: ...
+
+
+_SHIPPED: dict[tuple[str, bool], tuple[Plan, str]] = {}  # (stack, preview) -> (plan, its JSON when made)
+
+
+def shipped_plan(stack: str, *, preview: bool = False) -> Plan:
+    """The offline plan of a shipped stack as its file stands, made once a test session and shared (the
+    `shipped_plan` fixture of tests/conftest.py hands this out): do not change it, copy.deepcopy it
+    first. A plan that depends on the environment (the dev stack's `auto` profile under a faked GPU)
+    is made with make_plan() instead."""
+    key = (stack, preview)
+    if key not in _SHIPPED:
+        plan = make_plan(stack, preview=preview)
+        _SHIPPED[key] = (plan, plan_text(plan))
+    return _SHIPPED[key][0]
+
+
+def changed_shipped_plans() -> list[str]:
+    """The shared plans that a test changed after they were made (there must be none)."""
+    return [
+        f"{stack}{' (preview)' if preview else ''}"
+        for (stack, preview), (plan, made) in _SHIPPED.items()
+        if plan_text(plan) != made
+    ]
 
 
 def stack_config(stack: str) -> dict[str, Any]:

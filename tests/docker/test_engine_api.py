@@ -23,8 +23,8 @@ from typing import Any, ClassVar
 
 import pytest
 
-from stacks.plan import Plan, make_plan
-from tests.plans import containers, labels_of
+from stacks.plan import Plan
+from tests.plans import ShippedPlan, containers, labels_of
 from tests.real.engine_api import (
     EngineCreate,
     EngineError,
@@ -44,8 +44,8 @@ PLACED_GPU = "GPU-00000000-0000-0000-0000-000000000000"
 
 
 @pytest.fixture(scope="module")
-def plans() -> dict[str, Plan]:
-    return {stack: make_plan(stack) for stack in DOCKER_STACKS}
+def plans(shipped_plan: ShippedPlan) -> dict[str, Plan]:
+    return {stack: shipped_plan(stack) for stack in DOCKER_STACKS}
 
 
 def substitute_for(path: str) -> Any:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from components.core.catalog import CPU_BASE_IMAGE, PROFILES
+from components.core.vocabulary import LABEL_PROFILE
 from tests.tools import dev_tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,7 +227,7 @@ def test_runtime_environment_and_labels() -> None:
         assert expected in env
     labels = " ".join(runtime.all("LABEL"))
     for label in (
-        'io.gpu-deploy.profile="${GPU_PROFILE}"',
+        f'{LABEL_PROFILE}="${{GPU_PROFILE}}"',  # the label the policy pack reads (one owner: vocabulary)
         'io.gpu-deploy.cuda-version="${CUDA_VERSION}"',
         'io.gpu-deploy.torch-index="${TORCH_INDEX_URL}"',
         "org.opencontainers.image.title=",

@@ -19,6 +19,7 @@ from tests.plans import (
     LOCAL_COMMAND,
     REMOTE_COMMAND,
     REMOTE_IMAGE,
+    ShippedPlan,
     containers,
     env_of,
     labels_of,
@@ -33,8 +34,8 @@ DOCKER_STACKS = ["prod", "a4000", "edu-gpu", "h100", "dev"]
 
 
 @pytest.fixture(scope="module")
-def plans() -> dict[str, Plan]:
-    return {stack: make_plan(stack) for stack in DOCKER_STACKS}
+def plans(shipped_plan: ShippedPlan) -> dict[str, Plan]:
+    return {stack: shipped_plan(stack) for stack in DOCKER_STACKS}
 
 
 def test_project_file_is_the_python_pip_venv_runtime() -> None:
@@ -335,8 +336,8 @@ def test_plans_are_deterministic(stack: str, plans: dict[str, Plan]) -> None:
 
 
 @pytest.mark.parametrize("stack", DOCKER_STACKS)
-def test_the_program_copes_with_unknowns_in_preview(stack: str) -> None:
-    plan = make_plan(stack, preview=True)
+def test_the_program_copes_with_unknowns_in_preview(stack: str, shipped_plan: ShippedPlan) -> None:
+    plan = shipped_plan(stack, preview=True)
     assert containers(plan)
     if plan.outputs["profile"] != "cpu":  # a GPU host's preflight answers only at deploy time
         assert "[unknown]" in plan_text(plan)
@@ -408,20 +409,20 @@ def test_the_offline_plan_of_every_shipped_stack_runs_as_users_run_it(stack: str
 
 
 @pytest.mark.parametrize("stack", list_stacks(PROJECT_DIR))
-def test_no_default_providers(stack: str) -> None:
+def test_no_default_providers(stack: str, shipped_plan: ShippedPlan) -> None:
     """The engine refuses an ambient Docker or Kubernetes provider, and the program never needs one."""
     config = yaml.safe_load((PROJECT_DIR / f"Pulumi.{stack}.yaml").read_text())["config"]
     assert set(config["pulumi:disable-default-providers"]) >= {"docker", "kubernetes"}
-    plan = make_plan(stack)
+    plan = shipped_plan(stack)
     for resource in plan.resources:
         if resource.custom and resource.type.split(":")[0] in ("docker", "kubernetes"):
             assert resource.options["provider"], f"{resource.type} {resource.name} has no explicit provider"
 
 
-def test_auto_plan_shows_the_build_as_a_deploy_does(tmp_path: Path) -> None:
+def test_auto_plan_shows_the_build_as_a_deploy_does(shipped_plan: ShippedPlan) -> None:
     """`profile: auto`: the image is unknown until the host answers, but the plan of `pulumi up` still
     shows it as [unknown] (never None) and the containers still wait for the build, as in a preview."""
-    up, preview = make_plan("edu-gpu"), make_plan("edu-gpu", preview=True)
+    up, preview = shipped_plan("edu-gpu"), shipped_plan("edu-gpu", preview=True)
     for plan in (up, preview):
         built = {r.name: r.urn for r in plan.by_type(IMAGE)}
         for name, image in (("asr-api", "image-build"), ("frontend", "image-frontend-build")):

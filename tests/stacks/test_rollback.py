@@ -19,8 +19,8 @@ import pytest
 
 from stacks.config import ConfigError, validate
 from stacks.diff import Diff, diff_plans
-from stacks.plan import Plan, make_plan
-from tests.plans import CONTAINER, IMAGE, REMOTE_IMAGE, plan_with, stack_config
+from stacks.plan import Plan
+from tests.plans import CONTAINER, IMAGE, REMOTE_IMAGE, ShippedPlan, plan_with, stack_config
 
 DOCKER_STACKS = ["prod", "a4000", "edu-gpu", "h100", "dev"]
 NS = "gpu-deploy:"
@@ -32,8 +32,8 @@ PINNED = {"prod": "p40-0123456789ab", "h100": "h100-0123456789ab"}
 
 
 @pytest.fixture(scope="module")
-def originals() -> dict[str, Plan]:
-    return {stack: make_plan(stack) for stack in DOCKER_STACKS}
+def originals(shipped_plan: ShippedPlan) -> dict[str, Plan]:
+    return {stack: shipped_plan(stack) for stack in DOCKER_STACKS}
 
 
 def services(stack: str) -> dict[str, dict[str, Any]]:

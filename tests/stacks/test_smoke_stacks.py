@@ -3,33 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from stacks.plan import PROJECT_DIR, make_plan
-from tests.plans import CONTAINER, LOCAL_COMMAND, REMOTE_COMMAND, containers, plan_with
-
-FAKE_NVML = PROJECT_DIR / "tests" / "fake_nvml"
-PROBE = PROJECT_DIR / "images" / "gpu-probe" / "server.py"
-A4000 = {
-    "driver": "580.65.06",
-    "cuda": 13000,
-    "gpus": [{"name": "NVIDIA RTX A4000", "memory_mib": 16376, "cc": [8, 6], "uuid": "GPU-a4000-0001"}],
-}
+from tests.fake_nvml import cards
+from tests.plans import CONTAINER, LOCAL_COMMAND, REMOTE_COMMAND, ShippedPlan, containers, plan_with
+from tests.probe import FAKE_NVML, RunningProbe
 
 
-def test_prod_smoke_runs_the_write_ups_checks_on_the_host_after_every_service() -> None:
-    plan = make_plan("prod")
+def test_prod_smoke_runs_the_write_ups_checks_on_the_host_after_every_service(
+    shipped_plan: ShippedPlan,
+) -> None:
+    plan = shipped_plan("prod")
     run = plan.named(REMOTE_COMMAND, "smoke-app-run")
     argv = shlex.split(run.inputs["create"])
     # run-verified.sh checks the copy in the deploy user's own directory, then runs it
@@ -46,15 +37,18 @@ def test_prod_smoke_runs_the_write_ups_checks_on_the_host_after_every_service() 
     assert {"gpu": {"command": ["nvidia-smi"]}} in checks
     for container in plan.by_type(CONTAINER):
         assert container.urn in run.options["dependsOn"], f"smoke waits for {container.name}"
-    copy = plan.named("command:remote:CopyToRemote", "runners-smoke")
-    assert copy.urn in run.options["dependsOn"]
-    assert copy.inputs["remotePath"] == ".gpu-deploy/prod/smoke.py", "under the deploy user's home"
-    assert copy.inputs["source"]["path"] == "components/host/smoke.py"
-    assert f"RUNNER_FILES={copy.inputs['source']['hash']}  smoke.py" in argv, "what runs is what was copied"
+    checked = []
+    for name in ("smoke.py", "smoke_checklist.py", "smoke_io.py"):  # the runner and what it imports
+        copy = plan.named("command:remote:CopyToRemote", f"runners-{name.removesuffix('.py')}")
+        assert copy.urn in run.options["dependsOn"]
+        assert copy.inputs["remotePath"] == f".gpu-deploy/prod/{name}", "under the deploy user's home"
+        assert copy.inputs["source"]["path"] == f"components/host/{name}"
+        checked.append(f"{copy.inputs['source']['hash']}  {name}")
+    assert "RUNNER_FILES=" + "\n".join(checked) in argv, "what runs is what was copied"
 
 
-def test_a4000_gpu_check_is_a_cuda_tensor_operation_in_the_container() -> None:
-    run = make_plan("a4000").named(REMOTE_COMMAND, "smoke-backend-run")
+def test_a4000_gpu_check_is_a_cuda_tensor_operation_in_the_container(shipped_plan: ShippedPlan) -> None:
+    run = shipped_plan("a4000").named(REMOTE_COMMAND, "smoke-backend-run")
     commands = [c["gpu"]["command"] for c in json.loads(run.inputs["stdin"]) if "gpu" in c]
     assert ["nvidia-smi"] in commands
     assert any(
@@ -81,33 +75,6 @@ def test_smoke_config_mistakes_are_config_errors(tmp_path: Path) -> None:
         plan_with(tmp_path, "prod", no_port)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def probe() -> Iterator[str]:
-    """The real GPU probe service on a free local port (no GPU, no torch here)."""
-    port = _free_port()
-    env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1", "PYTHONPATH": str(FAKE_NVML)}
-    env.pop("FAKE_NVML_JSON", None)
-    process = subprocess.Popen([sys.executable, str(PROBE)], env=env, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.05)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-
-
 def _run_smoke(run: Any, url: str) -> subprocess.CompletedProcess[str]:
     """The plan's smoke command exactly, but aimed at the probe's port and with a short deadline."""
     argv = shlex.split(run.inputs["create"])
@@ -119,23 +86,26 @@ def _run_smoke(run: Any, url: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_dev_smoke_passes_against_the_real_probe_on_a_machine_without_gpu(probe: str) -> None:
-    plan = make_plan("dev")
+def test_dev_smoke_passes_against_the_real_probe_on_a_machine_without_gpu(
+    gpu_probe: RunningProbe, shipped_plan: ShippedPlan
+) -> None:
+    plan = shipped_plan("dev")
     assert plan.outputs["profile"] == "cpu"
     run = plan.named(LOCAL_COMMAND, "smoke-probe-run")
     paths = [c["http"]["path"] for c in json.loads(run.inputs["stdin"])]
     assert paths == ["/health", "/metrics"], "no /gpu check without a GPU"
-    result = _run_smoke(run, probe)
+    result = _run_smoke(run, gpu_probe.base)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("PASS") == 2
 
 
 def test_dev_on_a_detected_gpu_requires_cuda_from_the_probe(
-    probe: str, monkeypatch: pytest.MonkeyPatch
+    gpu_probe: RunningProbe, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # `auto` runs the real preflight in a subprocess; the fake NVML makes this machine an A4000 host.
+    # `auto` runs the real preflight in a subprocess; the fake NVML makes this machine an A4000 host
+    # (so this plan is made here, not shared: it depends on the environment).
     monkeypatch.setenv("PYTHONPATH", str(FAKE_NVML))
-    monkeypatch.setenv("FAKE_NVML_JSON", json.dumps(A4000))
+    monkeypatch.setenv("FAKE_NVML_JSON", json.dumps(cards.machine(cards.A4000)))
     plan = make_plan("dev")
     assert plan.outputs["profile"] == "a4000"
     probe_container = containers(plan)["probe"]
@@ -146,6 +116,6 @@ def test_dev_on_a_detected_gpu_requires_cuda_from_the_probe(
     checks = json.loads(run.inputs["stdin"])
     assert {"http": {"path": "/gpu", "equals": {"cuda": True}}} in checks
     # The probe here has no torch and no GPU: the check must fail, as it would on a broken GPU host.
-    result = _run_smoke(run, probe)
+    result = _run_smoke(run, gpu_probe.base)
     assert result.returncode == 3, result.stdout + result.stderr
     assert "FAIL http GET /gpu" in result.stderr and "field 'cuda' is false, expected true" in result.stderr

@@ -17,7 +17,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import tracemalloc
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -501,50 +500,46 @@ def _bomb(depth: int, width: int) -> str:
 
 
 @pytest.mark.parametrize(("depth", "width"), [(9, 9), (12, 10), (30, 30)])
-def test_an_alias_bomb_is_refused_within_a_second_and_100_mb(tmp_path: Path, depth: int, width: int) -> None:
+def test_an_alias_bomb_is_refused_within_100_mb(tmp_path: Path, depth: int, width: int) -> None:
+    """How long the refusal takes (under a second) is `make bench`'s to measure (tests/bench_plan.py)."""
     path = tmp_path / "bomb.yaml"
     path.write_text(_bomb(depth, width))
     assert width**depth >= 9**9  # 387 million strings, were it expanded
     tracemalloc.start()
-    start = time.perf_counter()
     try:
         with pytest.raises(ConfigError, match="aliases expand to more than") as raised:
             read_stack(path)
-        elapsed = time.perf_counter() - start
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert elapsed < 1.0
     assert peak < 100 * 2**20
     assert "\n" not in str(raised.value)
 
 
-def test_an_alias_bomb_costs_the_cli_under_a_second_and_100_mb_of_memory(tmp_path: Path) -> None:
-    """In a fresh interpreter: the growth of its peak resident memory (getrusage) while refusing."""
+def test_an_alias_bomb_costs_the_cli_under_100_mb_of_memory(tmp_path: Path) -> None:
+    """In a fresh interpreter: the growth of its peak resident memory (getrusage) while refusing (its
+    time is measured by `make bench`)."""
     path = tmp_path / "bomb.yaml"
     path.write_text(_bomb(9, 9))
     probe = (
-        "import json, resource, sys, time\n"
+        "import json, resource, sys\n"
         "from pathlib import Path\n"
         "from stacks.config import ConfigError\n"
         "from stacks.stackfile import read_stack\n"
         "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "start = time.perf_counter()\n"
         "try:\n"
         "    read_stack(Path(sys.argv[1]))\n"
         "    refused = False\n"
         "except ConfigError:\n"
         "    refused = True\n"
-        "elapsed = time.perf_counter() - start\n"
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print(json.dumps({'refused': refused, 'seconds': elapsed, 'grew_kib': after - before}))\n"
+        "print(json.dumps({'refused': refused, 'grew_kib': after - before}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe, str(path)], cwd=PROJECT_DIR, capture_output=True, text=True, check=True
     )
     measured = json.loads(result.stdout)
     assert measured["refused"]
-    assert measured["seconds"] < 1.0
     assert measured["grew_kib"] < 100 * 1024  # ru_maxrss is in KiB on Linux
 
 
