@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 import yaml
 
+from components.remote.runners import runner_files
 from components.remote.ssh import local_home
 from stacks.plan import Plan, PlannedResource, make_plan
 from tests.real import engine_api
@@ -239,18 +240,12 @@ def test_the_planned_docker_provider_goes_through_the_bastion(deploy: Deploy, tm
 
 # ---------------------------------------------------------------- runners and host directories
 def test_runners_are_copied_to_the_deploy_users_own_place_and_cannot_be_swapped(deploy: Deploy) -> None:
-    deploy.copy_runners()
-    deploy.copy_runners()  # a second copy over the first changes nothing
     user = deploy.hosts.deploy_user
     runners = user.home / ".gpu-deploy" / STACK
-    assert sorted(p.name for p in runners.iterdir()) == [
-        "catalog.py",
-        "preflight.py",
-        "pynvml.py",
-        "smoke.py",
-        "smoke_checklist.py",
-        "smoke_io.py",
-    ]
+    shutil.rmtree(runners, ignore_errors=True)  # an earlier run's files (another release's) are not this run's
+    deploy.copy_runners()
+    deploy.copy_runners()  # a second copy over the first changes nothing
+    assert sorted(p.name for p in runners.iterdir()) == sorted(runner_files())  # exactly the bundle
     for path in runners.iterdir():
         assert path.stat().st_uid == user.uid
     planted = run_as(deploy.hosts.other_user, ["sh", "-c", f"echo 'import os' > {runners}/pynvml.py"])
