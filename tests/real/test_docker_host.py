@@ -242,7 +242,9 @@ def test_the_planned_docker_provider_goes_through_the_bastion(deploy: Deploy, tm
 def test_runners_are_copied_to_the_deploy_users_own_place_and_cannot_be_swapped(deploy: Deploy) -> None:
     user = deploy.hosts.deploy_user
     runners = user.home / ".gpu-deploy" / STACK
-    shutil.rmtree(runners, ignore_errors=True)  # an earlier run's files (another release's) are not this run's
+    shutil.rmtree(
+        runners, ignore_errors=True
+    )  # an earlier run's files (another release's) are not this run's
     deploy.copy_runners()
     deploy.copy_runners()  # a second copy over the first changes nothing
     assert sorted(p.name for p in runners.iterdir()) == sorted(runner_files())  # exactly the bundle
