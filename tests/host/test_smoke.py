@@ -234,7 +234,7 @@ def test_malformed_answers_exit_3(
     server: Server, capsys: pytest.CaptureFixture[str], path: str, needle: str
 ) -> None:
     checks = [{"http": {"path": path, "json": {"audioUrl": "string", "duration": "number"}}}]
-    code, out, err = run_main(capsys, server.url, checks)
+    code, out, err = run_main(capsys, server.url, checks, deadline=1.0)  # room for a retry under load
     assert code == smoke.EXIT_MALFORMED
     assert out == ""
     assert len(err.splitlines()) == 1
@@ -367,7 +367,8 @@ def test_gpu_failure_exit_5(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("DOCKER_STUB_RC", "9")
-    code, _, err = run_main(capsys, server.url, [{"gpu": {}}], "--container", "app")
+    # a deadline with room for two stub runs on a loaded machine (each starts a shell)
+    code, _, err = run_main(capsys, server.url, [{"gpu": {}}], "--container", "app", deadline=1.5)
     assert code == smoke.EXIT_GPU_FAILED
     assert err.startswith("FAIL gpu nvidia-smi: command failed in container app (exit 9)")
     assert "stub failure secret=***" in err
