@@ -1,89 +1,55 @@
 """The GPU profile catalog: everything the program knows about a card, in one place.
 
-Figures come from ../shared/gpu-facts.md (NVIDIA data sheets, CUDA release notes, PyTorch
-release notes, GPU feature discovery labels). Nothing here is repeated elsewhere: the config
-validator, the image build args, the preflight and the Kubernetes node selectors all read it.
+A profile is derived from a card (`derive_profile`): the card's facts (cards.py: the named catalog, or what
+NVML reports about a card the catalog lacks, or a stack's own card) and the facts of its architecture
+(architectures.py) and of CUDA and the PyTorch wheels (cuda.py) give every choice. `PROFILES` holds the
+derived profile of every named card and the CPU fallback; `profile_for_gpu` gives the named or derived
+profile for whatever NVML reports. Nothing here is repeated elsewhere: the config validator, the image build
+args, the preflight and the Kubernetes node selectors all read it.
+
+This module and the three it imports ship to GPU hosts beside the preflight (components/remote/runners.py):
+standard library only, Python 3.8 syntax, imported repo-first and then from beside itself.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Mapping, cast
+
+if TYPE_CHECKING:
+    from components.core import architectures, cards, cuda
+else:
+    try:  # in the repo
+        from components.core import architectures, cards, cuda
+    except ImportError:  # on a GPU host, copied beside this file
+        import architectures
+        import cards
+        import cuda
 
 KernelModules = Literal["proprietary", "open", "none"]
 Sharing = Literal["none", "time-slicing", "mps", "mig"]
+Card = cards.Card
+CARDS = cards.CARDS
+card_from_json = cards.card_from_json
 
-# Minimum Linux driver per CUDA toolkit (major.minor), without forward compatibility.
-# Source: CUDA Toolkit release notes, table 3 ("CUDA Toolkit and Minimum Required Driver").
-CUDA_MIN_DRIVER: dict[str, str] = {
-    "11.8": "520.61.05",
-    "12.0": "525.60.13",
-    "12.1": "530.30.02",
-    "12.2": "535.54.03",
-    "12.3": "545.23.06",
-    "12.4": "550.54.14",
-    "12.5": "555.42.02",
-    "12.6": "560.28.03",
-    "12.8": "570.26",
-    "12.9": "575.51.03",
-    "13.0": "580.65.06",
-}
+# The CUDA facts, under the names everything imports (their owner is cuda.py).
+CUDA_MIN_DRIVER = cuda.CUDA_MIN_DRIVER  # major.minor -> the GA release's minimum driver
+WHEEL_INDEX_URL = cuda.WHEEL_INDEX_URL
+WHEEL_CUDA = cuda.WHEEL_CUDA
+CUDA_IMAGE_REPOSITORY = cuda.CUDA_IMAGE_REPOSITORY
+parse_version = cuda.parse_version
+cuda_major_minor = cuda.cuda_major_minor
+cuda_base_image = cuda.cuda_base_image
 
-# PyTorch wheel indexes and the CUDA release each one bundles.
-WHEEL_INDEX_URL = "https://download.pytorch.org/whl/{flavour}"
-WHEEL_CUDA: dict[str, str] = {
-    "cu118": "11.8",
-    "cu121": "12.1",
-    "cu124": "12.4",
-    "cu126": "12.6",
-    "cu128": "12.8",
-    "cu129": "12.9",
-    "cu130": "13.0",
-}
-
-CUDA_IMAGE_REPOSITORY = "nvidia/cuda"
 CPU_PYTHON_VERSION = "3.11"
 CPU_BASE_IMAGE = "python:3.11.11-slim-bookworm"  # pinned to the patch release
-_CUDA_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+DRIVER_BRANCH = "580"  # the branch a driver install gets: the newest LTS branch, the last for Maxwell-Volta
+DRIVER_CAPABILITIES = "compute,utility"  # NVIDIA_DRIVER_CAPABILITIES for a GPU profile
 
 
-def parse_version(text: str) -> tuple[int, ...]:
-    """'550.54.14' -> (550, 54, 14); raises ValueError on anything else."""
-    if not re.fullmatch(r"\d+(\.\d+)*", text):
-        raise ValueError(f"not a version: {text!r}")
-    return tuple(int(part) for part in text.split("."))
-
-
-def cuda_major_minor(version: str) -> str:
-    """'12.4.1' -> '12.4'."""
-    match = _CUDA_VERSION.match(version)
-    if not match:
-        raise ValueError(f"a CUDA version is X.Y.Z (e.g. 12.4.1), got {version!r}")
-    return f"{match.group(1)}.{match.group(2)}"
-
-
-def min_driver_for_cuda(major_minor: str) -> str:
-    try:
-        return CUDA_MIN_DRIVER[major_minor]
-    except KeyError:
-        known = ", ".join(CUDA_MIN_DRIVER)
-        raise ValueError(f"no known minimum driver for CUDA {major_minor} (known: {known})") from None
-
-
-def cuda_base_image(cuda_version: str, ubuntu: str) -> str:
-    """The nvidia/cuda runtime tag with cuDNN, spelled the way each release names it.
-
-    The cuDNN token is `cudnn8` up to 12.2.x, `cudnn9` for 12.3.x and plain `cudnn` from 12.4.0.
-    """
-    major, minor = (int(p) for p in cuda_major_minor(cuda_version).split("."))
-    if (major, minor) <= (12, 2):
-        cudnn = "cudnn8"
-    elif (major, minor) == (12, 3):
-        cudnn = "cudnn9"
-    else:
-        cudnn = "cudnn"
-    return f"{CUDA_IMAGE_REPOSITORY}:{cuda_version}-{cudnn}-runtime-ubuntu{ubuntu}"
+def min_driver_for_cuda(version: str) -> str:
+    """The driver CUDA `version` asks for: '12.4' (its GA release) or '12.4.1' (that update)."""
+    return cuda.toolkit_min_driver(version)
 
 
 @dataclass(frozen=True)
@@ -108,6 +74,7 @@ class GpuProfile:
     driver_capabilities: str  # default NVIDIA_DRIVER_CAPABILITIES
     k8s_sharing: Sharing  # default Kubernetes sharing strategy
     mig_profiles: dict[str, int] = field(default_factory=dict)  # name -> max instances
+    min_cuda: str | None = None  # the first CUDA release that builds for the architecture
 
     @property
     def is_gpu(self) -> bool:
@@ -118,8 +85,7 @@ class GpuProfile:
         """The CUDA image's OS: 24.04 images exist from CUDA 12.5 on, 22.04 before."""
         if self.cuda_version is None:
             return ""
-        major, minor = (int(p) for p in cuda_major_minor(self.cuda_version).split("."))
-        return "24.04" if (major, minor) >= (12, 5) else "22.04"
+        return cuda.ubuntu_for(self.cuda_version)
 
     @property
     def python_version(self) -> str:
@@ -144,14 +110,30 @@ class GpuProfile:
         return WHEEL_INDEX_URL.format(flavour=self.wheel_flavour)
 
     @property
-    def min_driver(self) -> str | None:
-        """Lowest driver that runs both the image's CUDA and the wheel's bundled CUDA."""
+    def sass_in_wheel(self) -> bool:
+        """The wheel index carries machine code for this card (no PTX JIT needed)."""
+        if self.compute_capability is None:
+            return False
+        return cuda.wheel_has_sass(self.wheel_flavour, self.torch_version, self.compute_capability)
+
+    @property
+    def driver_need(self) -> cuda.DriverNeed | None:
+        """The driver the image and wheels require and the one they advise (cuda.DriverNeed); None for cpu."""
         if self.cuda_version is None:
             return None
-        needed = [min_driver_for_cuda(cuda_major_minor(self.cuda_version))]
-        if self.wheel_flavour in WHEEL_CUDA:
-            needed.append(min_driver_for_cuda(WHEEL_CUDA[self.wheel_flavour]))
-        return max(needed, key=parse_version)
+        return cuda.driver_need(self.cuda_version, self.wheel_flavour, self.sass_in_wheel)
+
+    @property
+    def min_driver(self) -> str | None:
+        """The advised driver: the newest minimum of the image's CUDA release and the wheel's bundled CUDA."""
+        need = self.driver_need
+        return None if need is None else need.advised
+
+    @property
+    def required_driver(self) -> str | None:
+        """The driver below which the image fails on this card (see cuda.DriverNeed)."""
+        need = self.driver_need
+        return None if need is None else need.required
 
     def build_args(self, app_uid: int = 1001) -> dict[str, str]:
         """The build args of images/cuda-python/Dockerfile, exactly."""
@@ -184,19 +166,29 @@ class GpuProfile:
         candidate.check_wheel()
         return candidate
 
+    @property
+    def _sm(self) -> str:
+        return f"sm_{self.cuda_arch_list.replace('.', '')}"
+
     def check_cuda_version(self) -> None:
         if self.cuda_version is None:
             return
         major_minor = cuda_major_minor(self.cuda_version)
-        min_driver_for_cuda(major_minor)
+        min_driver_for_cuda(self.cuda_version)
         if not self.is_gpu:
             raise ValueError("the cpu profile has no CUDA: drop the CUDA version")
         major = int(major_minor.split(".")[0])
         if self.max_cuda_major is not None and major > self.max_cuda_major:
             raise ValueError(
-                f"a {self.display_name} ({self.architecture}, sm_{self.cuda_arch_list.replace('.', '')}) "
+                f"a {self.display_name} ({self.architecture}, {self._sm}) "
                 f"cannot run CUDA {major_minor}: CUDA {self.max_cuda_major + 1} dropped "
                 f"{self.architecture}; use a {self.max_cuda_major}.x release"
+            )
+        if self.min_cuda is not None and parse_version(self.cuda_version) < parse_version(self.min_cuda):
+            raise ValueError(
+                f"a {self.display_name} ({self.architecture}, {self._sm}) cannot run CUDA {major_minor}: "
+                f"CUDA {cuda_major_minor(self.min_cuda)} is the first release for {self.architecture}; "
+                f"use {cuda_major_minor(self.min_cuda)} or newer"
             )
 
     def check_wheel(self) -> None:
@@ -207,139 +199,172 @@ class GpuProfile:
             raise ValueError(f"unknown PyTorch wheel index {self.wheel_flavour!r} (known: {known})")
         if not self.is_gpu:
             raise ValueError("the cpu profile takes the cpu wheel index")
-        wheel_cuda = parse_version(WHEEL_CUDA[self.wheel_flavour])
-        if self.max_wheel_cuda is not None and wheel_cuda > parse_version(self.max_wheel_cuda):
-            raise ValueError(
-                f"{self.wheel_flavour} wheels carry no sm_{self.cuda_arch_list.replace('.', '')} kernels, "
-                f"so a {self.display_name} fails with 'no kernel image is available'; "
-                f"use cu{self.max_wheel_cuda.replace('.', '')} or older"
-            )
-
-    def check_driver(self, driver: str) -> None:
-        """Raise ValueError when `driver` (a version or a branch such as '580') is too old."""
-        minimum = self.min_driver
-        if minimum is None:
+        if self.sass_in_wheel:
             return
+        carrying = [
+            f
+            for f in WHEEL_CUDA
+            if self.compute_capability and cuda.wheel_has_sass(f, self.torch_version, self.compute_capability)
+        ]
+        wheel_cuda = parse_version(WHEEL_CUDA[self.wheel_flavour])
+        newer = [f for f in carrying if parse_version(WHEEL_CUDA[f]) > wheel_cuda]
+        if self.max_wheel_cuda is not None and not newer:
+            hint = f"use cu{self.max_wheel_cuda.replace('.', '')} or older"
+        elif newer:
+            hint = f"use {newer[0]} or newer"
+        else:
+            hint = f"no index carries them with torch {self.torch_version}"
+        depends = cuda.wheel_archs(self.wheel_flavour) != cuda.wheel_archs(
+            self.wheel_flavour, self.torch_version
+        )
+        release = f" (torch {self.torch_version})" if depends else ""
+        raise ValueError(
+            f"{self.wheel_flavour} wheels{release} carry no {self._sm} kernels, "
+            f"so a {self.display_name} fails with 'no kernel image is available'; {hint}"
+        )
+
+    def check_driver(self, driver: str, *, required_only: bool = False) -> None:
+        """Raise ValueError when `driver` (a version or a branch such as '580') is below the advised minimum
+        (`required_only`: below the required one; see cuda.DriverNeed)."""
+        need = self.driver_need
+        if need is None:
+            return
+        minimum = need.required if required_only else need.advised
         given = parse_version(driver)
         # A bare branch ('535') means its newest release: compare the branch numbers only.
         floor = parse_version(minimum)[: len(given)] if len(given) == 1 else parse_version(minimum)
         if given < floor:
+            what = f"required ({need.why})" if required_only else "the minimum"
             raise ValueError(
-                f"driver {driver} is below {minimum}, the minimum for CUDA "
-                f"{cuda_major_minor(self.cuda_version or '0.0.0')} with {self.wheel_flavour} wheels"
+                f"driver {driver} is below {minimum}, {what} for CUDA {self.cuda_version} "
+                f"with {self.wheel_flavour} wheels"
             )
 
 
-PROFILES: dict[str, GpuProfile] = {
-    "p40": GpuProfile(
-        key="p40",
-        display_name="Tesla P40",
-        nvml_names=("Tesla P40",),
-        gpu_products=("Tesla-P40",),
-        architecture="Pascal",
-        compute_capability=(6, 1),
-        memory_mib=22919,  # ECC on; 24576 with ECC off
-        mig_capable=False,
-        kernel_modules="proprietary",  # open modules need Turing or newer
-        driver_branch="580",  # R580 is the last branch that supports Pascal
-        max_cuda_major=12,  # CUDA 13.0 dropped Maxwell, Pascal and Volta
-        max_wheel_cuda="12.6",  # cu128+ wheels dropped sm_50-sm_61 (PyTorch 2.8)
-        cuda_version="12.4.1",
-        torch_version="2.6.0",
-        wheel_flavour="cu124",
-        driver_capabilities="compute,utility",
-        k8s_sharing="time-slicing",
-    ),
-    "a2": GpuProfile(
-        key="a2",
-        display_name="NVIDIA A2",
-        nvml_names=("NVIDIA A2",),
-        gpu_products=("NVIDIA-A2",),
-        architecture="Ampere",
-        compute_capability=(8, 6),
-        memory_mib=15356,  # 16 GB GDDR6 as nvidia-smi reports it with ECC on
-        mig_capable=False,
-        kernel_modules="open",
-        driver_branch="580",
-        max_cuda_major=None,
-        max_wheel_cuda=None,
-        cuda_version="12.6.3",
-        torch_version="2.7.1",
-        wheel_flavour="cu126",
-        driver_capabilities="compute,utility",
-        k8s_sharing="time-slicing",
-    ),
-    "a4000": GpuProfile(
-        key="a4000",
-        display_name="NVIDIA RTX A4000",
-        nvml_names=("NVIDIA RTX A4000",),
-        gpu_products=("NVIDIA-RTX-A4000",),
-        architecture="Ampere",
-        compute_capability=(8, 6),
-        memory_mib=16376,
-        mig_capable=False,
-        kernel_modules="open",
-        driver_branch="580",
-        max_cuda_major=None,
-        max_wheel_cuda=None,
-        cuda_version="12.6.3",
-        torch_version="2.7.1",
-        wheel_flavour="cu126",
-        driver_capabilities="compute,utility",
-        k8s_sharing="none",
-    ),
-    "h100": GpuProfile(
-        key="h100",
-        display_name="NVIDIA H100",
-        nvml_names=("NVIDIA H100 PCIe", "NVIDIA H100 80GB HBM3"),
-        gpu_products=("NVIDIA-H100-PCIe", "NVIDIA-H100-80GB-HBM3"),
-        architecture="Hopper",
-        compute_capability=(9, 0),
-        memory_mib=81559,
-        mig_capable=True,
-        kernel_modules="open",
-        driver_branch="580",
-        max_cuda_major=None,
-        max_wheel_cuda=None,
-        cuda_version="12.8.1",
-        torch_version="2.8.0",
-        wheel_flavour="cu128",
-        driver_capabilities="compute,utility",
-        k8s_sharing="none",
-        mig_profiles={
-            "1g.10gb": 7,
-            "1g.20gb": 4,
-            "2g.20gb": 3,
-            "3g.40gb": 2,
-            "4g.40gb": 1,
-            "7g.80gb": 1,
-        },
-    ),
-    "cpu": GpuProfile(
-        key="cpu",
-        display_name="CPU only",
-        nvml_names=(),
-        gpu_products=(),
-        architecture="none",
-        compute_capability=None,
-        memory_mib=0,
-        mig_capable=False,
-        kernel_modules="none",
-        driver_branch="",
-        max_cuda_major=None,
-        max_wheel_cuda=None,
-        cuda_version=None,
-        torch_version="2.8.0",
-        wheel_flavour="cpu",
-        driver_capabilities="",
-        k8s_sharing="none",
-    ),
-}
+def _max_wheel_cuda(card: Card) -> str | None:
+    """The newest wheel CUDA with kernels for the card; None when the newest index still carries them."""
+    carrying = [f for f in WHEEL_CUDA if cuda.wheel_has_sass(f, "", card.compute_capability)]
+    newest = max(WHEEL_CUDA, key=lambda f: parse_version(WHEEL_CUDA[f]))
+    if not carrying or newest in carrying:
+        return None
+    return max((WHEEL_CUDA[f] for f in carrying), key=parse_version)
+
+
+def derive_profile(card: Card) -> GpuProfile:
+    """The profile of `card`: the one derivation, for named, detected and a stack's own cards alike.
+    Raises ValueError with the exact reason when no supported CUDA release serves the card."""
+    architecture = architectures.architecture_for(card.compute_capability)
+    stack = architecture.stack
+    modules: KernelModules = "open" if architecture.open_kernel_modules else "proprietary"
+    if card.kernel_modules == "proprietary":
+        modules = "proprietary"
+    elif card.kernel_modules == "open" and modules != "open":
+        raise ValueError(
+            f"card {card.key}: a {architecture.name} card cannot use the open kernel modules "
+            "(they need Turing or newer)"
+        )
+    if card.k8s_sharing not in cards.SHARING:
+        raise ValueError(f"card {card.key}: unknown sharing strategy {card.k8s_sharing!r}")
+    sharing = cast(Sharing, card.k8s_sharing)
+    return GpuProfile(
+        key=card.key,
+        display_name=card.display_name,
+        nvml_names=card.nvml_names,
+        gpu_products=card.gpu_products,
+        architecture=architecture.name,
+        compute_capability=card.compute_capability,
+        memory_mib=card.memory_mib,
+        mig_capable=card.mig_capable,
+        kernel_modules=modules,
+        driver_branch=DRIVER_BRANCH,
+        max_cuda_major=architecture.max_cuda_major,
+        max_wheel_cuda=_max_wheel_cuda(card),
+        cuda_version=stack.cuda_version,
+        torch_version=stack.torch_version,
+        wheel_flavour=stack.wheel_flavour,
+        driver_capabilities=DRIVER_CAPABILITIES,
+        k8s_sharing=sharing,
+        mig_profiles=dict(card.mig_profiles),
+        min_cuda=architecture.min_cuda,
+    )
+
+
+CPU_PROFILE = GpuProfile(
+    key="cpu",
+    display_name="CPU only",
+    nvml_names=(),
+    gpu_products=(),
+    architecture="none",
+    compute_capability=None,
+    memory_mib=0,
+    mig_capable=False,
+    kernel_modules="none",
+    driver_branch="",
+    max_cuda_major=None,
+    max_wheel_cuda=None,
+    cuda_version=None,
+    torch_version="2.8.0",
+    wheel_flavour="cpu",
+    driver_capabilities="",
+    k8s_sharing="none",
+)
+
+PROFILES: dict[str, GpuProfile] = {**{card.key: derive_profile(card) for card in CARDS}, "cpu": CPU_PROFILE}
 
 
 def profile_for_nvml_name(name: str) -> GpuProfile | None:
-    """The profile whose card NVML names `name`, or None for a card outside the catalog."""
+    """The named profile whose card NVML names `name`, or None for a card outside the catalog."""
     for profile in PROFILES.values():
         if name in profile.nvml_names:
             return profile
     return None
+
+
+def profile_for_gpu(
+    name: str, memory_mib: int, compute_capability: tuple[int, int], mig_capable: bool
+) -> GpuProfile:
+    """The profile for a card NVML reports: the named one whose nvml_names has `name`, else one derived from
+    these facts (key: a slug of the name, such as 'geforce-rtx-5090'). Raises ValueError with the exact
+    reason for a card no supported CUDA release serves."""
+    named = profile_for_nvml_name(name)
+    if named is not None:
+        return named
+    key = cards.slug(name)
+    if key in PROFILES:  # a new name whose slug a named card already uses
+        key = f"{key}-detected"
+    card = Card(
+        key=key,
+        display_name=name,
+        nvml_names=(name,),
+        compute_capability=(int(compute_capability[0]), int(compute_capability[1])),
+        memory_mib=int(memory_mib),
+        mig_capable=bool(mig_capable),
+        source="NVML on the host",
+    )
+    try:
+        return derive_profile(card)
+    except ValueError as err:
+        raise ValueError(f"a {name!r} cannot be served: {err}") from None
+
+
+def card_json(profile: GpuProfile) -> dict[str, Any] | None:
+    """The card facts of a GPU profile, as cards.card_from_json reads them back (None for cpu): what the
+    preflight reports so the deploy can rebuild the same profile."""
+    if profile.compute_capability is None:
+        return None
+    return {
+        "key": profile.key,
+        "display_name": profile.display_name,
+        "nvml_names": list(profile.nvml_names),
+        "compute_capability": list(profile.compute_capability),
+        "memory_mib": profile.memory_mib,
+        "mig_capable": profile.mig_capable,
+        "mig_profiles": dict(profile.mig_profiles),
+        "k8s_sharing": profile.k8s_sharing,
+    }
+
+
+def profile_from_card_json(data: Mapping[str, Any]) -> GpuProfile:
+    """derive_profile of a card in its JSON form (card_json, or a stack's own card); ValueError on a
+    malformed card or one no supported CUDA release serves."""
+    return derive_profile(card_from_json(data))

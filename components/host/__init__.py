@@ -11,6 +11,7 @@ from pathlib import Path
 
 HOST_DIR = Path(__file__).resolve().parent
 PREFLIGHT = HOST_DIR / "preflight.py"
+NVML_FACTS = HOST_DIR / "nvml_facts.py"  # what the preflight imports from beside itself, besides the catalog
 SMOKE_RUNNER = HOST_DIR / "smoke.py"
 # The smoke runner and the modules it imports from beside itself: they travel together (to a host's
 # runner folder, into a smoke Job's ConfigMap), name in that folder -> file here.

@@ -1,17 +1,28 @@
 """GPU preflight: does this host have the card, the driver and the MIG mode a profile needs?
 
 Runs in the repo as ``python -m components.host.preflight --profile h100 [--json]`` and standalone on a GPU
-host, copied beside ``catalog.py`` and ``pynvml.py`` (by components/remote/runners.py), as
+host, copied beside ``catalog.py`` (with ``cards.py``, ``architectures.py`` and ``cuda.py``, which it
+imports) and ``pynvml.py`` (by components/remote/runners.py), as
 ``python3 preflight.py --profile h100``. It needs only the standard library and ``pynvml``
 (nvidia-ml-py), and keeps to Python 3.8+ syntax at runtime so an older host interpreter runs it.
 
-Options: ``--profile p40|a2|a4000|h100|cpu|auto``, ``--json``, ``--min-driver X`` (replaces the
-profile's minimum), ``--cuda-version X.Y.Z`` (the stack's CUDA override: the minimum driver follows
-from it), ``--require-mig``.
+Options: ``--profile KEY|cpu|auto`` (a key of the catalog's named profiles) or ``--card JSON`` (a stack's
+own card, the JSON form of components/core/cards.py ``Card``: ``{"key": "my-card", "display_name": ...,
+"nvml_names": [...], "compute_capability": [8, 9], "memory_mib": 49140, "mig_capable": false}``; the host
+is checked against the profile derived from it), ``--json``, ``--min-driver X`` (replaces the profile's
+required driver), ``--cuda-version X.Y.Z`` (the stack's CUDA override: the driver follows from it),
+``--require-mig``.
 
-``--profile auto`` picks the profile from GPU 0's NVML name (every GPU must be that model) and prints
-the key; with no driver or no GPU it resolves to ``cpu`` with a warning and exits 0. ``--profile cpu``
-always passes and reports whatever NVML shows.
+``--profile auto`` picks the profile for GPU 0 (every GPU must be that model): the named profile whose
+NVML names include GPU 0's name, else one derived from what NVML reports (name, memory, compute
+capability, MIG support), keyed by a slug of the name (``geforce-rtx-5090``); it prints the key. A card no
+supported CUDA release serves (Kepler, say) fails with exit 5 and the reason. With no driver or no GPU it
+resolves to ``cpu`` with a warning and exits 0. ``--profile cpu`` always passes and reports whatever NVML
+shows.
+
+The driver: below the profile's required driver (components/core/cuda.py ``DriverNeed``: the CUDA major's
+minor-version compatibility floor when the wheels carry machine code for the card, else the toolkit's own
+minimum) fails with exit 6; below the advised one (the toolkit's own minimum) passes with a warning.
 
 Exit codes (with several problems, the lowest code wins; stderr gets exactly one line on failure):
 
@@ -22,8 +33,8 @@ Exit codes (with several problems, the lowest code wins; stderr gets exactly one
 3     NVML unusable: no NVIDIA driver, NVML library not found, driver not loaded, no pynvml
 4     NVML works but finds no GPU
 5     GPU model does not match the profile (name, compute capability, memory +-10%),
-      mixed models under ``auto``, or a card outside the catalog under ``auto``
-6     driver older than the profile's (or ``--min-driver``'s) minimum
+      mixed models under ``auto``, or a card no supported CUDA release serves
+6     driver older than the profile's required driver (or ``--min-driver``)
 7     MIG required but off, pending a reset, or the card has no MIG
 8     an NVML query failed after nvmlInit
 ====  ======================================================================================
@@ -33,190 +44,49 @@ Exit codes (with several problems, the lowest code wins; stderr gets exactly one
     {"ok": bool, "profile": "h100" | null, "driver": "580.65.06" | null, "cuda_driver": "12.8" | null,
      "gpus": [{"index": 0, "name": "...", "uuid": "GPU-...", "memory_mib": 81559,
                "compute_capability": "9.0", "mig": {"current": bool, "pending": bool} | null}],
-     "problems": ["..."]}
+     "problems": ["..."],
+     "card": {"key": "h100", "display_name": "NVIDIA H100", "nvml_names": ["..."],
+              "compute_capability": [9, 0], "memory_mib": 81559, "mig_capable": true,
+              "mig_profiles": {"1g.10gb": 7, ...}, "k8s_sharing": "none"} | null}
 
-``profile`` is null only when ``auto`` could not pick one (an unknown card).
+``profile`` is null only when no profile could be picked (a card no supported CUDA serves, a CUDA override
+the card cannot run). ``card`` is the picked GPU profile's card (null for cpu or none): the deploy rebuilds
+the same profile from it (catalog.profile_from_card_json), derived profiles included.
 
-One file on purpose (about 500 lines, 45 of them this contract): NVML facts, checks and CLI split apart
+One file on purpose (about 550 lines, 60 of them this contract): NVML facts, checks and CLI split apart
 would be one more file to copy, verify and import-fallback on every host, for no reader who needs one alone.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import enum
-import importlib
-import importlib.util
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from components.core import catalog
+    from components.host import nvml_facts
+    from components.host.nvml_facts import ExitCode, GpuFacts, HostFacts, MigMode, Problem
 else:
     try:  # in the repo
         from components.core import catalog
-    except ImportError:  # standalone, copied beside catalog.py
+        from components.host import nvml_facts
+    except ImportError:  # standalone, copied beside catalog.py and nvml_facts.py
         import catalog
 
+        import nvml_facts
+    ExitCode, GpuFacts, HostFacts = nvml_facts.ExitCode, nvml_facts.GpuFacts, nvml_facts.HostFacts
+    MigMode, Problem = nvml_facts.MigMode, nvml_facts.Problem
+
+__all__ = ["ExitCode", "GpuFacts", "HostFacts", "MigMode", "Problem", "check", "inspect_host", "main", "run"]
+inspect_host = nvml_facts.inspect_host
+cuda_driver_text = nvml_facts.cuda_driver_text
+
 MEMORY_TOLERANCE = 0.10  # a card's NVML total may differ from the catalog's figure by ECC and firmware
-_MIB = 1024 * 1024
-_NVML_ERROR_DRIVER_NOT_LOADED = 9
-_NVML_ERROR_NOT_SUPPORTED = 3
-_NVML_ERROR_NO_PERMISSION = 4
-_NVML_ERROR_LIBRARY_NOT_FOUND = 12
-
-
-class ExitCode(enum.IntEnum):
-    OK = 0
-    INTERNAL = 1
-    USAGE = 2
-    NO_DRIVER = 3
-    NO_GPU = 4
-    GPU_MISMATCH = 5
-    DRIVER_TOO_OLD = 6
-    MIG = 7
-    NVML_ERROR = 8
-
-
-@dataclass(frozen=True)
-class Problem:
-    code: ExitCode
-    message: str
-
-
-@dataclass(frozen=True)
-class MigMode:
-    current: bool
-    pending: bool
-
-
-@dataclass(frozen=True)
-class GpuFacts:
-    index: int
-    name: str
-    uuid: str
-    memory_mib: int
-    compute_capability: tuple[int, int] | None
-    mig: MigMode | None  # None: the card does not support MIG
-
-    @property
-    def cc_text(self) -> str | None:
-        cc = self.compute_capability
-        return None if cc is None else f"{cc[0]}.{cc[1]}"
-
-
-@dataclass(frozen=True)
-class HostFacts:
-    driver: str | None = None
-    cuda_driver: str | None = None  # '12.8', the newest CUDA the driver supports
-    gpus: tuple[GpuFacts, ...] = ()
-    nvml_failure: Problem | None = None  # why NVML gave no (or incomplete) answers
-
-    @property
-    def no_driver(self) -> bool:
-        return self.nvml_failure is not None and self.nvml_failure.code == ExitCode.NO_DRIVER
-
-
-# --- gathering ---------------------------------------------------------------------------------------
-
-
-def _text(value: object) -> str:
-    """Older bindings return bytes for strings."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace").rstrip("\x00")
-    return str(value)
-
-
-def cuda_driver_text(version: int) -> str:
-    """nvmlSystemGetCudaDriverVersion's integer as 'major.minor': 12080 -> '12.8'."""
-    return f"{version // 1000}.{(version % 1000) // 10}"
-
-
-def _error_code(exc: BaseException) -> int | None:
-    value = getattr(exc, "value", None)
-    return value if isinstance(value, int) else None
-
-
-def _init_failure(exc: BaseException) -> Problem:
-    code = _error_code(exc)
-    if code == _NVML_ERROR_LIBRARY_NOT_FOUND:
-        reason = "NVML library not found (install the driver, or use profile cpu)"
-    elif code == _NVML_ERROR_DRIVER_NOT_LOADED:
-        reason = "driver not loaded (load the kernel module or reboot after the install, or use profile cpu)"
-    elif code == _NVML_ERROR_NO_PERMISSION:
-        reason = "no permission to open the GPU device files (run as a user in the video group or root)"
-    else:
-        reason = f"nvmlInit failed: {exc} (check nvidia-smi, or use profile cpu)"
-    return Problem(ExitCode.NO_DRIVER, f"no NVIDIA driver: {reason}")
-
-
-def _optional(nvml: ModuleType, call: Callable[[], Any]) -> Any:
-    """`call()`, or None when NVML says NotSupported (e.g. MIG mode on a card without MIG)."""
-    try:
-        return call()
-    except nvml.NVMLError as exc:
-        if _error_code(exc) == _NVML_ERROR_NOT_SUPPORTED:
-            return None
-        raise
-
-
-def _cuda_driver(nvml: ModuleType) -> str | None:
-    for name in ("nvmlSystemGetCudaDriverVersion_v2", "nvmlSystemGetCudaDriverVersion"):
-        function = getattr(nvml, name, None)
-        if function is None:
-            continue
-        try:
-            return cuda_driver_text(int(function()))
-        except nvml.NVMLError:
-            continue
-    return None
-
-
-def _gpu(nvml: ModuleType, index: int) -> GpuFacts:
-    handle = nvml.nvmlDeviceGetHandleByIndex(index)
-    cc = _optional(nvml, lambda: nvml.nvmlDeviceGetCudaComputeCapability(handle))
-    mig = _optional(nvml, lambda: nvml.nvmlDeviceGetMigMode(handle))
-    return GpuFacts(
-        index=index,
-        name=_text(nvml.nvmlDeviceGetName(handle)),
-        uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
-        memory_mib=int(nvml.nvmlDeviceGetMemoryInfo(handle).total) // _MIB,
-        compute_capability=None if cc is None else (int(cc[0]), int(cc[1])),
-        mig=None if mig is None else MigMode(current=bool(mig[0]), pending=bool(mig[1])),
-    )
-
-
-def inspect_host(nvml: ModuleType) -> HostFacts:
-    """What NVML reports about this host; NVML errors land in `nvml_failure`, never raise."""
-    try:
-        nvml.nvmlInit()
-    except nvml.NVMLError as exc:
-        return HostFacts(nvml_failure=_init_failure(exc))
-    driver: str | None = None
-    cuda_driver: str | None = None
-    gpus: list[GpuFacts] = []
-    try:
-        driver = _text(nvml.nvmlSystemGetDriverVersion())
-        cuda_driver = _cuda_driver(nvml)
-        for index in range(int(nvml.nvmlDeviceGetCount())):
-            gpus.append(_gpu(nvml, index))
-    except nvml.NVMLError as exc:
-        where = "the driver version" if driver is None else f"GPU {len(gpus)}"
-        failure = Problem(ExitCode.NVML_ERROR, f"NVML query failed for {where}: {exc}")
-        return HostFacts(driver, cuda_driver, tuple(gpus), failure)
-    finally:
-        with contextlib.suppress(nvml.NVMLError):
-            nvml.nvmlShutdown()
-    return HostFacts(driver=driver, cuda_driver=cuda_driver, gpus=tuple(gpus))
-
-
-# --- checking ----------------------------------------------------------------------------------------
 
 
 def detect_profile(facts: HostFacts) -> tuple[catalog.GpuProfile | None, list[Problem], list[str]]:
@@ -227,11 +97,17 @@ def detect_profile(facts: HostFacts) -> tuple[catalog.GpuProfile | None, list[Pr
         why = facts.nvml_failure.message if facts.nvml_failure else "NVML finds no GPU"
         return catalog.PROFILES["cpu"], [], [f"--profile auto resolves to cpu: {why}"]
     first = facts.gpus[0]
-    profile = catalog.profile_for_nvml_name(first.name)
-    if profile is None:
-        known = ", ".join(name for p in catalog.PROFILES.values() for name in p.nvml_names)
-        message = f"GPU 0 is a {first.name!r}, not in the profile catalog (known: {known}); pass --profile"
+    if first.compute_capability is None:
+        message = (
+            f"GPU 0 is a {first.name!r} and NVML reports no compute capability; pass --profile or --card"
+        )
         return None, [Problem(ExitCode.GPU_MISMATCH, message)], []
+    try:
+        profile = catalog.profile_for_gpu(
+            first.name, first.memory_mib, first.compute_capability, first.mig is not None
+        )
+    except ValueError as err:
+        return None, [Problem(ExitCode.GPU_MISMATCH, f"GPU 0: {err}")], []
     return profile, [], []
 
 
@@ -266,7 +142,8 @@ def _model_problems(gpu: GpuFacts, profile: catalog.GpuProfile) -> list[Problem]
 def _driver_problems(
     driver: str | None, profile: catalog.GpuProfile, min_driver: str | None
 ) -> list[Problem]:
-    minimum = min_driver or profile.min_driver
+    """Exit 6 below the required driver (or --min-driver)."""
+    minimum = min_driver or profile.required_driver
     if minimum is None or driver is None:
         return []
     try:
@@ -275,13 +152,36 @@ def _driver_problems(
         return [Problem(ExitCode.DRIVER_TOO_OLD, f"cannot read the driver version {driver!r}")]
     if not too_old:
         return []
-    if min_driver:
+    need = profile.driver_need
+    if min_driver or need is None:
         why = "set by --min-driver"
     else:
-        cuda = catalog.cuda_major_minor(profile.cuda_version or "0.0.0")
-        why = f"for CUDA {cuda} with {profile.wheel_flavour} wheels, profile {profile.key}"
+        why = (
+            f"required for CUDA {profile.cuda_version} with {profile.wheel_flavour} wheels, "
+            f"profile {profile.key}: {need.why}"
+        )
     message = f"driver {driver} is below {minimum} ({why}); install the {profile.driver_branch} branch"
     return [Problem(ExitCode.DRIVER_TOO_OLD, message)]
+
+
+def driver_advice(driver: str | None, profile: catalog.GpuProfile, min_driver: str | None) -> list[str]:
+    """Warnings for a driver at or above the required one but below the advised one."""
+    need = profile.driver_need
+    if min_driver or need is None or driver is None or need.required == need.advised:
+        return []
+    try:
+        below = catalog.parse_version(driver) < catalog.parse_version(need.advised)
+    except ValueError:
+        return []
+    if not below:
+        return []
+    return [
+        f"driver {driver} is below {need.advised}, the minimum CUDA {profile.cuda_version} with "
+        f"{profile.wheel_flavour} wheels asks for; it runs through minor-version compatibility because "
+        f"the wheels carry {profile.cuda_arch_list} machine code, but PTX JIT of newer code fails, and an "
+        f"nvidia/cuda base image starts on an older driver only on the branches its NVIDIA_REQUIRE_CUDA "
+        f"lists; advised: the {profile.driver_branch} branch"
+    ]
 
 
 def _mig_problems(facts: HostFacts, profile: catalog.GpuProfile) -> list[Problem]:
@@ -341,7 +241,12 @@ def check(
 # --- output ------------------------------------------------------------------------------------------
 
 
-def facts_json(facts: HostFacts, profile_key: str | None, problems: Sequence[Problem]) -> dict[str, Any]:
+def facts_json(
+    facts: HostFacts,
+    profile_key: str | None,
+    problems: Sequence[Problem],
+    card: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "ok": not problems,
         "profile": profile_key,
@@ -359,6 +264,7 @@ def facts_json(facts: HostFacts, profile_key: str | None, problems: Sequence[Pro
             for gpu in facts.gpus
         ],
         "problems": [problem.message for problem in problems],
+        "card": card,
     }
 
 
@@ -390,7 +296,7 @@ def facts_lines(facts: HostFacts) -> list[str]:
 def _ok_line(facts: HostFacts, profile: catalog.GpuProfile, min_driver: str | None) -> str:
     if not profile.is_gpu:
         return "OK: profile cpu (no GPU required)"
-    minimum = min_driver or profile.min_driver
+    minimum = min_driver or profile.required_driver
     driver = f"driver {facts.driver} >= {minimum}" if minimum else f"driver {facts.driver}"
     return f"OK: {len(facts.gpus)} x {facts.gpus[0].name} fit profile {profile.key}; {driver}"
 
@@ -414,12 +320,23 @@ def _cuda_version(text: str) -> str:
     return text
 
 
+def _card(text: str) -> catalog.Card:
+    try:
+        return catalog.card_from_json(json.loads(text))
+    except (ValueError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="preflight",
         description="Check that this host's GPUs, driver and MIG mode fit a gpu-deploy profile.",
     )
-    parser.add_argument("--profile", required=True, choices=[*catalog.PROFILES, "auto"])
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--profile", choices=[*catalog.PROFILES, "auto"], help="a named profile, cpu or auto")
+    which.add_argument(
+        "--card", type=_card, help="a stack's own card as JSON (components/core/cards.py Card.to_json)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     parser.add_argument("--min-driver", type=_version, help="minimum driver, replacing the profile's")
     parser.add_argument(
@@ -429,14 +346,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--require-mig", action="store_true", help="fail unless MIG mode is on")
     return parser
-
-
-def _load_nvml() -> ModuleType | Problem:
-    try:
-        return importlib.import_module("pynvml")
-    except ImportError:
-        message = "no NVIDIA driver bindings: the pynvml module is missing (pip install nvidia-ml-py)"
-        return Problem(ExitCode.NO_DRIVER, message)
 
 
 @dataclass(frozen=True)
@@ -460,12 +369,18 @@ def _with_cuda_override(
 
 def run(args: argparse.Namespace) -> Outcome:
     """Inspect the host and check it against the profile the parsed arguments name."""
-    nvml = _load_nvml()
+    nvml = nvml_facts.load_nvml()
     facts = HostFacts(nvml_failure=nvml) if isinstance(nvml, Problem) else inspect_host(nvml)
     auto = args.profile == "auto"
     profile: catalog.GpuProfile | Problem | None
+    warnings: list[str]
     if auto:
         profile, problems, warnings = detect_profile(facts)
+    elif args.card is not None:
+        try:
+            profile, problems, warnings = catalog.derive_profile(args.card), [], []
+        except ValueError as err:
+            profile, problems, warnings = None, [Problem(ExitCode.GPU_MISMATCH, f"--card: {err}")], []
     else:
         profile, problems, warnings = catalog.PROFILES[args.profile], [], []
     if profile is not None:
@@ -479,11 +394,14 @@ def run(args: argparse.Namespace) -> Outcome:
     stdout = facts_lines(facts)
     if auto and profile is not None:
         stdout.append(f"profile: {profile.key}")
-    report = facts_json(facts, None if profile is None else profile.key, problems)
+    card = None if profile is None else catalog.card_json(profile)
+    report = facts_json(facts, None if profile is None else profile.key, problems, card)
     if problems or profile is None:
         code = min(problem.code for problem in problems)
         failure = f"FAIL (exit {int(code)}): " + "; ".join(problem.message for problem in problems)
         return Outcome(int(code), stdout, [failure], report)
+    if profile.is_gpu and facts.gpus:
+        warnings = [*warnings, *driver_advice(facts.driver, profile, args.min_driver)]
     stdout.append(_ok_line(facts, profile, args.min_driver))
     return Outcome(int(ExitCode.OK), stdout, [f"warning: {warning}" for warning in warnings], report)
 

@@ -42,6 +42,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+from components.core.cards import gpu_product_label
 from components.core.catalog import GpuProfile
 from components.core.sharing import DEFAULT_CONFIG, SharingSpec, validate_sharing
 from components.core.sharing import SHARED_STRATEGIES as _SHARED
@@ -138,9 +139,8 @@ def config_map_data(spec: SharingSpec) -> dict[str, str]:
 
 
 def _sanitised(name: str) -> str:
-    """GPU feature discovery's label form of a name (k8s-device-plugin v0.17.1 internal/lm/resource.go,
-    sanitise): characters other than letters, digits, '-', '_', '.' and spaces dropped, spaces as '-'."""
-    return "-".join(re.sub(r"[^A-Za-z0-9\-_. ]", "", name).split())
+    """GPU feature discovery's label form of a name: its one owner is components/core/cards.py."""
+    return gpu_product_label(name)
 
 
 def node_product_labels(spec: SharingSpec, profile: GpuProfile) -> tuple[str, ...]:

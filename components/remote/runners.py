@@ -22,11 +22,17 @@ from pathlib import Path
 import pulumi
 import pulumi_command as command
 
-from components.core import catalog
-from components.host import PREFLIGHT, SMOKE_FILES, SMOKE_RUNNER
+from components.core import architectures, cards, catalog, cuda
+from components.host import NVML_FACTS, PREFLIGHT, SMOKE_FILES, SMOKE_RUNNER
 from components.host import shell as host_scripts
 from components.options import child_options
 
+CATALOG_MODULES = (
+    catalog,
+    cards,
+    architectures,
+    cuda,
+)  # the catalog and the modules it imports beside itself
 PYTHON = ["python3", "-E", "-s", "-B"]  # no PYTHON* variables, no user site, no .pyc written beside the files
 
 
@@ -42,7 +48,11 @@ def runner_files() -> dict[str, Path]:
     imports from beside itself) and the smoke runner (with its modules). Standard library only on the host."""
     return {
         "preflight.py": PREFLIGHT,
-        "catalog.py": Path(catalog.__file__),
+        "nvml_facts.py": NVML_FACTS,
+        **{
+            f"{module.__name__.rsplit('.', 1)[-1]}.py": Path(str(module.__file__))
+            for module in CATALOG_MODULES
+        },
         "pynvml.py": _pynvml_file(),
         **SMOKE_FILES,
     }
@@ -50,7 +60,7 @@ def runner_files() -> dict[str, Path]:
 
 # program -> the files it imports from beside itself, which run-verified.sh checks with it
 IMPORTS: dict[str, tuple[str, ...]] = {
-    PREFLIGHT.name: ("catalog.py", "pynvml.py"),
+    PREFLIGHT.name: ("catalog.py", "cards.py", "architectures.py", "cuda.py", "nvml_facts.py", "pynvml.py"),
     SMOKE_RUNNER.name: tuple(name for name in SMOKE_FILES if name != SMOKE_RUNNER.name),
 }
 

@@ -40,7 +40,7 @@ TYPE_NAMES = RUNTIME_GENERICS | {"None", "bool", "bytes", "float", "int", "objec
 
 def host_sources() -> list[Path]:
     """What runs on a host, or is written for one: components/host/*.py and the catalog that ships."""
-    return [*sorted(HOST_DIR.glob("*.py")), CORE_DIR / "catalog.py"]
+    return [*sorted(HOST_DIR.glob("*.py")), *sorted(p for p in CORE_DIR.glob("*.py") if p.stem in SIBLINGS)]
 
 
 def _oldest_python() -> str | None:
@@ -133,11 +133,11 @@ def import_problems(path: Path) -> list[str]:
             top = module.split(".")[0]
             if top in sys.stdlib_module_names or top == "__future__":
                 continue
-            if in_core and module.startswith("components.core") and path.name != "catalog.py":
-                continue  # core depends on core; the catalog, which ships alone, on nothing
+            if in_core and module.startswith("components.core") and path.stem not in SIBLINGS:
+                continue  # core depends on core; what ships (the catalog and its modules) only on itself
             if where in ("type-checking", "repo-first") and module.startswith("components."):
                 continue
-            if not in_core and module in BUNDLE and (where == "fallback" or module == "pynvml"):
+            if module in BUNDLE and (where == "fallback" or (not in_core and module == "pynvml")):
                 continue  # beside it in the runner folder (pynvml: the preflight's own fallback)
             problems.append(f"{path.name}:{getattr(node, 'lineno', '?')}: {module} ({where})")
     return problems

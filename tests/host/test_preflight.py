@@ -15,11 +15,12 @@ from typing import Any
 
 import pytest
 
+from components.core import catalog
 from components.core.catalog import PROFILES
 from components.host import PREFLIGHT, SMOKE_RUNNER, preflight
 from components.host.preflight import ExitCode, GpuFacts, HostFacts, MigMode, check, inspect_host
 from components.remote.runners import IMPORTS, runner_files
-from tests.fake_nvml.cards import A2, A4000, BY_PROFILE, H100_PCIE, H100_SXM, P40
+from tests.fake_nvml.cards import A2, A4000, BY_PROFILE, H100_PCIE, H100_SXM, K80, M60, NAMED, P40, RTX_5090
 from tests.fake_nvml.cards import machine as host
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,22 +119,26 @@ def test_wrong_card_for_the_profile_fails() -> None:
 
 
 def test_json_is_printed_on_failure_too() -> None:
-    result = repo_cli("--profile", "p40", "--json", machine=host(A4000, driver="525.60.13"))
+    result = repo_cli("--profile", "p40", "--json", machine=host(A4000, driver="520.61.05"))
     assert result.returncode == ExitCode.GPU_MISMATCH  # the lowest code wins
     report = json.loads(result.stdout)  # exactly one object: loads() rejects trailing text
     assert report["ok"] is False
     assert report["profile"] == "p40"
+    assert report["card"] == catalog.card_json(PROFILES["p40"])
     assert len(report["problems"]) == 2
-    assert report["problems"][1].startswith("driver 525.60.13 is below 550.54.14 (for CUDA 12.4")
+    assert report["problems"][1].startswith("driver 520.61.05 is below 525.60.13 (required for CUDA 12.4.1")
     one_error_line(result.stderr)
 
 
 def test_old_driver_fails() -> None:
-    result = repo_cli("--profile", "h100", machine=host(H100_SXM, driver="525.60.13", cuda=12000))
+    """Below the CUDA 12 minor-version compatibility floor nothing runs: exit 6, the reason named."""
+    result = repo_cli("--profile", "h100", machine=host(H100_SXM, driver="520.61.05", cuda=11080))
     assert result.returncode == 6
+    need = PROFILES["h100"].driver_need
+    assert need is not None
     assert one_error_line(result.stderr) == (
-        "FAIL (exit 6): driver 525.60.13 is below 570.26 (for CUDA 12.8 with cu128 wheels, profile h100); "
-        "install the 580 branch"
+        f"FAIL (exit 6): driver 520.61.05 is below {need.required} (required for CUDA 12.8.1 with cu128 "
+        f"wheels, profile h100: {need.why}); install the 580 branch"
     )
 
 
@@ -154,6 +159,7 @@ def test_missing_nvml_library_json() -> None:
         "cuda_driver": None,
         "gpus": [],
         "problems": [NO_DRIVER],
+        "card": catalog.card_json(PROFILES["a2"]),
     }
     one_error_line(result.stderr)
 
@@ -279,14 +285,113 @@ def test_auto_with_no_gpus_resolves_to_cpu(fake_nvml, capsys) -> None:
     assert err == "warning: --profile auto resolves to cpu: NVML finds no GPU\n"
 
 
-def test_auto_with_an_unknown_card(fake_nvml, capsys) -> None:
-    fake_nvml(host({"name": "NVIDIA A100-SXM4-80GB", "memory_mib": 81920, "cc": [8, 0], "mig": [0, 0]}))
+def test_auto_derives_a_card_outside_the_catalog(fake_nvml, capsys) -> None:
+    fake_nvml(host(RTX_5090, RTX_5090))
+    code, out, err = run_main(capsys, "--profile", "auto", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    derived = catalog.profile_for_gpu(RTX_5090["name"], RTX_5090["memory_mib"], (12, 0), False)
+    assert report["profile"] == derived.key == "geforce-rtx-5090"
+    assert catalog.profile_from_card_json(report["card"]) == derived  # the deploy rebuilds the same profile
+    assert derived.architecture == "Blackwell"
+    assert derived.build_args()["TORCH_CUDA_ARCH_LIST"] == "12.0"
+
+
+@pytest.mark.parametrize(("key", "card"), [pytest.param(k, c, id=c["name"]) for k, c in NAMED])
+def test_auto_matches_each_named_card(fake_nvml, capsys, key: str, card: dict[str, Any]) -> None:
+    """Every real card NVML reports is its named profile under auto, and the report rebuilds it."""
+    fake_nvml(host(card, card))
+    code, out, err = run_main(capsys, "--profile", "auto", "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert report["profile"] == key
+    assert report["card"]["nvml_names"] == list(PROFILES[key].nvml_names)
+    assert card["name"] in report["card"]["nvml_names"]
+    assert catalog.profile_from_card_json(report["card"]) == PROFILES[key]
+    assert run_main(capsys, "--profile", key)[0] == 0  # and by name
+
+
+def test_auto_refuses_a_card_no_supported_cuda_serves(fake_nvml, capsys) -> None:
+    fake_nvml(host(K80))
     code, out, err = run_main(capsys, "--profile", "auto", "--json")
     assert code == ExitCode.GPU_MISMATCH
     report = json.loads(out)
-    assert report["profile"] is None
-    assert report["problems"][0].startswith("GPU 0 is a 'NVIDIA A100-SXM4-80GB', not in the profile catalog")
+    assert (report["profile"], report["card"]) == (None, None)
+    [problem] = report["problems"]
+    assert problem.startswith("GPU 0: a 'Tesla K80' cannot be served: compute capability 3.7 (Kepler)")
+    assert "CUDA 12.0 removed Kepler" in problem
+    assert "not in the profile catalog" not in problem
     one_error_line(err)
+
+
+def test_auto_maxwell_card_refuses_cuda_13(fake_nvml, capsys) -> None:
+    fake_nvml(host(M60))
+    assert run_main(capsys, "--profile", "auto")[0] == 0  # derived: the 12.x stack
+    code, _, err = run_main(capsys, "--profile", "auto", "--cuda-version", "13.0.1")
+    assert code == ExitCode.USAGE
+    assert "(Maxwell, sm_52) cannot run CUDA 13.0: CUDA 13 dropped Maxwell; use a 12.x release" in err
+
+
+CUSTOM = {
+    "key": "rtx-5090",
+    "display_name": "GeForce RTX 5090 (team box)",
+    "nvml_names": ["NVIDIA GeForce RTX 5090"],
+    "compute_capability": [12, 0],
+    "memory_mib": 32607,
+}
+
+
+def test_card_option_checks_the_host_against_a_stacks_own_card(fake_nvml, capsys) -> None:
+    fake_nvml(host(RTX_5090))
+    code, out, err = run_main(capsys, "--card", json.dumps(CUSTOM), "--json")
+    assert (code, err) == (0, "")
+    report = json.loads(out)
+    assert report["profile"] == "rtx-5090"
+    assert catalog.profile_from_card_json(report["card"]) == catalog.profile_from_card_json(CUSTOM)
+    fake_nvml(host(A2))
+    code, _, err = run_main(capsys, "--card", json.dumps(CUSTOM))
+    assert code == ExitCode.GPU_MISMATCH
+    assert "GPU 0 is a 'NVIDIA A2', not a GeForce RTX 5090 (team box)" in err
+
+
+def test_card_option_refuses_a_card_no_supported_cuda_serves(fake_nvml, capsys) -> None:
+    fake_nvml(host(K80))
+    kepler = {**CUSTOM, "key": "k80", "nvml_names": ["Tesla K80"], "compute_capability": "3.7"}
+    code, _, err = run_main(capsys, "--card", json.dumps(kepler))
+    assert code == ExitCode.GPU_MISMATCH
+    assert one_error_line(err).startswith("FAIL (exit 5): --card: compute capability 3.7 (Kepler)")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--card", "{not json"],
+        ["--card", json.dumps({**CUSTOM, "key": "Bad Key"})],
+        ["--card", json.dumps({**CUSTOM, "memory_mib": 0})],
+        ["--card", json.dumps(CUSTOM), "--profile", "h100"],
+        [],
+    ],
+)
+def test_card_option_usage_errors_exit_2(fake_nvml, capsys, args: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        preflight.main(args)
+    assert exited.value.code == ExitCode.USAGE
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_driver_below_the_advised_one_warns(fake_nvml, capsys) -> None:
+    """Between the required and the advised driver the host passes, with the reason on stderr."""
+    need = PROFILES["h100"].driver_need
+    assert need is not None
+    assert catalog.parse_version(need.required) < (560, 35, 3) < catalog.parse_version(need.advised)
+    fake_nvml(host(H100_SXM, driver="560.35.03"))
+    code, out, err = run_main(capsys, "--profile", "h100")
+    assert code == 0
+    assert out.splitlines()[-1].endswith(f"driver 560.35.03 >= {need.required}")
+    assert one_error_line(err).startswith(
+        f"warning: driver 560.35.03 is below {need.advised}, the minimum CUDA"
+    )
+    assert "minor-version compatibility" in err
 
 
 def test_auto_with_two_h100_variants_is_mixed(fake_nvml, capsys) -> None:
@@ -340,11 +445,11 @@ def test_mig_required_and_on(fake_nvml, capsys) -> None:
 
 
 def test_min_driver_override(fake_nvml, capsys) -> None:
-    fake_nvml(host(H100_SXM, driver="560.35.03"))
+    fake_nvml(host(H100_SXM, driver="520.61.05"))
     assert run_main(capsys, "--profile", "h100")[0] == ExitCode.DRIVER_TOO_OLD
-    code, out, _ = run_main(capsys, "--profile", "h100", "--min-driver", "550.54.14")
-    assert code == 0
-    assert out.splitlines()[-1].endswith("driver 560.35.03 >= 550.54.14")
+    code, out, err = run_main(capsys, "--profile", "h100", "--min-driver", "515.43.04")
+    assert (code, err) == (0, "")  # the override replaces the required driver, and its advice
+    assert out.splitlines()[-1].endswith("driver 520.61.05 >= 515.43.04")
     code, _, err = run_main(capsys, "--profile", "h100", "--min-driver", "580")  # a branch works too
     assert code == ExitCode.DRIVER_TOO_OLD
     assert "(set by --min-driver)" in err
@@ -352,10 +457,10 @@ def test_min_driver_override(fake_nvml, capsys) -> None:
 
 def test_cuda_version_override_sets_the_minimum(fake_nvml, capsys) -> None:
     fake_nvml(host(H100_SXM, driver="575.57.08"))
-    assert run_main(capsys, "--profile", "h100")[0] == 0  # default CUDA 12.8: 570.26 is enough
+    assert run_main(capsys, "--profile", "h100")[0] == 0  # default CUDA 12.8.1: 570.124.06 is enough
     code, _, err = run_main(capsys, "--profile", "h100", "--cuda-version", "13.0.1")
-    assert code == ExitCode.DRIVER_TOO_OLD
-    assert "below 580.65.06 (for CUDA 13.0 with cu128 wheels" in err
+    assert code == ExitCode.DRIVER_TOO_OLD  # CUDA 13 has its own floor: 12.x drivers cannot run it
+    assert "below 580.65.06 (required for CUDA 13.0.1 with cu128 wheels" in err
 
 
 def test_cuda_version_the_card_cannot_run(fake_nvml, capsys) -> None:
