@@ -6,6 +6,7 @@ import importlib
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pulumi
 
@@ -24,8 +25,9 @@ def deploy(stack: ResolvedStack) -> None:
     importlib.import_module(f"stacks.{stack.config.target.kind}").deploy(stack)
 
 
-def detect_local_profile() -> str:
-    """Run the preflight's auto-detection on this machine (the Docker host for `host: local`)."""
+def detect_local_card() -> dict[str, Any]:
+    """The preflight's auto-detection on this machine (the Docker host for `host: local`): its JSON report,
+    which names the card it found (named, or derived from what NVML reports)."""
     result = subprocess.run(
         [sys.executable, "-m", "components.host.preflight", "--profile", "auto", "--json"],
         capture_output=True,
@@ -37,10 +39,11 @@ def detect_local_profile() -> str:
         report = json.loads(result.stdout)
     except json.JSONDecodeError:
         raise ConfigError("profile", f"auto: the preflight failed: {result.stderr.strip()}") from None
-    if report.get("profile") is None:
-        names = ", ".join(g["name"] for g in report.get("gpus", []))
-        raise ConfigError("profile", f"auto: found {names or 'no GPU'}, which no profile matches; set one")
-    return str(report["profile"])
+    if report.get("profile") is None:  # a card no supported CUDA serves: the preflight says why
+        names = ", ".join(g["name"] for g in report.get("gpus", [])) or "no GPU"
+        why = "; ".join(report.get("problems") or []) or "no profile matches it"
+        raise ConfigError("profile", f"auto: found {names}: {why}")
+    return dict(report)
 
 
 def load() -> ResolvedStack:
@@ -49,7 +52,7 @@ def load() -> ResolvedStack:
     config = validate_with_secrets(raw, secret_keys, secure_paths(pulumi.get_stack()))
     detected = None
     if config.profile == "auto" and config.target.is_local:
-        detected = detect_local_profile()
+        detected = detect_local_card()
     profile, warnings = resolve_profile(config, detected)
     return ResolvedStack(
         stack=pulumi.get_stack(),

@@ -8,7 +8,9 @@ directories behind its bind mounts.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pulumi
 import pulumi_command as command
@@ -37,26 +39,32 @@ from stacks.config import (
     resolve_profile,
     smoke_checks,
 )
+from stacks.config.builds import image_builds
+from stacks.config.cards import card_json_of
+from stacks.config.resolution import image_profile
 from stacks.docker_args import (
-    BUILD,
     DEFAULT_DRIVER_CAPABILITIES,
     base_url,
+    declared_args,
     devices_of,
     docker_transport,
     healthcheck_spec,
+    image_build_args,
     image_naming,
     recipe_for,
+    recipe_of,
     registry_login,
 )
 from stacks.hosts import provisioning, ssh_target
 
 
-def resolved_for(stack: ResolvedStack, detected: str) -> GpuProfile:
-    """The profile of a stack with `profile: auto`, once the host's preflight has named its card: resolved
-    by the same function as a named profile (stacks.config.resolve_profile), with the same checks."""
-    profile, _ = resolve_profile(stack.config, detected)
+def resolved_for(stack: ResolvedStack, report: Mapping[str, Any]) -> GpuProfile:
+    """The profile of a stack with `profile: auto`, from the host's preflight report (the card it found,
+    named, the stack's own or derived from what NVML reports): resolved by the same function as a named
+    profile (stacks.config.resolve_profile), with the same checks."""
+    profile, _ = resolve_profile(stack.config, report)
     if profile is None:  # resolve_profile returns None only for auto without a detection
-        raise ValueError(f"the preflight detected no profile, got {detected!r}")
+        raise ValueError(f"the preflight detected no card: {report.get('problems')}")
     return profile
 
 
@@ -66,47 +74,69 @@ def build_images(
     profile: pulumi.Output[GpuProfile],
     opts: pulumi.ResourceOptions,
 ) -> dict[str, CudaImage]:
-    """service name -> the CudaImage it runs, for every service with image: build."""
-    image = stack.config.image
-    builders = {name: svc for name, svc in services.items() if svc.image == BUILD}
-    if image is None or not builders:
+    """service name -> the CudaImage it runs, for every service with image: build.
+
+    One image per distinct (context, Dockerfile, stage), each with its own build args: a GPU image the
+    profile's (with the team's version matrix, checked against the card), an image no GPU service runs
+    the cpu profile's (stacks.config.resolution.image_profile); of those, only the args its Dockerfile
+    declares, then the team's own. One release tag for all of them (a rollback pins one value)."""
+    config = stack.config
+    image = config.image
+    builds = image_builds(config, services)
+    if image is None or not builds:
         return {}
     main = BuildRecipe(image.context, image.dockerfile, image.target)
-    recipes = {name: recipe_for(svc, image) for name, svc in builders.items()}
-    for context in sorted({r.context for r in recipes.values()}):
+    recipes = {recipe_of(build): build for build in builds}
+    for context in sorted({r.context for r in recipes}):
         if not Path(context).is_dir():
             pulumi.log.warn(
                 f"image context {context} is not here: the release tag is derived from the Dockerfile paths, "
                 "stages and build args only, and `pulumi up` needs the source checked out there"
             )
-    build_args = profile.apply(lambda p: {**p.build_args(image.app_uid), **image.build_args})
+    declared = {recipe: declared_args(recipe) for recipe in recipes}
+
+    def args_of(p: GpuProfile) -> list[dict[str, str]]:  # in the order of `recipes`
+        return [
+            image_build_args(
+                image_profile(p, build, config.cuda).build_args(image.app_uid), build, declared[recipe]
+            )
+            for recipe, build in recipes.items()
+        ]
+
+    per_image = profile.apply(args_of)
     tag = (
         pulumi.Output.from_input(image.tag)
         if image.tag
-        else pulumi.Output.all(profile, build_args).apply(
+        else pulumi.Output.all(profile, per_image).apply(
             lambda both: release_tag(
-                profile=both[0].key, recipes=[main, *recipes.values()], build_args=both[1]
+                profile=both[0].key,
+                recipes=[main, *recipes],
+                build_args={**both[0].build_args(image.app_uid), **image.build_args},
+                image_args=dict(zip(recipes, both[1], strict=True)),
             )
         )
     )
     registry = registry_login(image)
     by_recipe: dict[BuildRecipe, CudaImage] = {}
-    for name, recipe in recipes.items():
-        if recipe not in by_recipe:
-            resource, repository, suffix = image_naming(recipe, main, image, name)
-            if image.registry is not None:
-                repository = image.registry.qualify(repository)
-            by_recipe[recipe] = CudaImage(
-                resource,
-                repository=repository,
-                recipe=recipe,
-                build_args=build_args,
-                tag=pulumi.Output.concat(tag, suffix),
-                build=not image.tag,
-                registry=registry,
-                opts=opts,
-            )
-    return {name: by_recipe[recipe] for name, recipe in recipes.items()}
+    for index, (recipe, build) in enumerate(recipes.items()):
+        resource, repository, suffix = image_naming(recipe, main, image, build.services[0])
+        if image.registry is not None:
+            repository = image.registry.qualify(repository)
+        by_recipe[recipe] = CudaImage(
+            resource,
+            repository=repository,
+            recipe=recipe,
+            build_args=per_image.apply(_item(index)),
+            tag=pulumi.Output.concat(tag, suffix),
+            build=not image.tag,
+            registry=registry,
+            opts=opts,
+        )
+    return {name: by_recipe[recipe] for recipe, build in recipes.items() for name in build.services}
+
+
+def _item(index: int) -> Callable[[list[dict[str, str]]], dict[str, str]]:
+    return lambda items: items[index]
 
 
 def host_directories(
@@ -163,8 +193,9 @@ def prove_gpu_host(
             profile=profile.key if profile else "auto",
             cuda_version=config.cuda.version,
             require_mig=config.cuda.mig,
+            card=card_json_of(config, profile.key) if profile else None,
         ),
-        cuda_image_for=lambda key: resolved_for(stack, key).base_image,
+        cuda_image=profile.base_image if profile else lambda report: resolved_for(stack, report).base_image,
     )
 
 
@@ -290,7 +321,12 @@ def export_outputs(
     pulumi.export("target", "local" if target.is_local else target.host)
     if gpu_host is not None:
         pulumi.export("gpu", gpu_host.facts)
-    main_image = next((images[n] for n in services if n in images and services[n].build is None), None)
+    image = config.image
+    main = BuildRecipe(image.context, image.dockerfile, image.target) if image else None
+    main_image = next(
+        (images[n] for n in services if n in images and image and recipe_for(services[n], image) == main),
+        None,
+    )
     if main_image is not None and config.image is not None:
         pulumi.export(
             "imageRepository",
@@ -324,7 +360,7 @@ def deploy(stack: ResolvedStack) -> None:
         profile_key: pulumi.Input[str] = stack.profile.key
     else:
         assert gpu_host is not None
-        profile = gpu_host.profile.apply(lambda key: resolved_for(stack, key))
+        profile = gpu_host.facts.apply(lambda report: resolved_for(stack, report))
         profile_key = gpu_host.profile
 
     # 2. The Docker engine: provider and network.

@@ -4,6 +4,10 @@ the key file docker_transport writes."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
 import pulumi
 
 from components.docker.container import HealthcheckSpec
@@ -22,8 +26,8 @@ from stacks.config import (
     Service,
     StackConfig,
 )
+from stacks.config.builds import BUILD, ImageBuild, build_source
 
-BUILD = "build"  # a service's `image: build`: the stack's own image
 DEFAULT_DRIVER_CAPABILITIES = "compute,utility"
 
 
@@ -46,12 +50,59 @@ def registry_login(image: ImageConfig | None) -> RegistryLogin | None:
 
 def recipe_for(svc: Service, image: ImageConfig) -> BuildRecipe:
     """The service's build: its own `build` keys over the stack's image section."""
-    own = svc.build
-    context = own.context if own and own.context else image.context
-    dockerfile = own.dockerfile if own and own.dockerfile else image.dockerfile
-    same_source = (context, dockerfile) == (image.context, image.dockerfile)
-    target = own.target if own and own.target else (image.target if same_source else None)
-    return BuildRecipe(context, dockerfile, target)
+    return BuildRecipe(*build_source(svc, image))
+
+
+def recipe_of(build: ImageBuild) -> BuildRecipe:
+    return BuildRecipe(build.context, build.dockerfile, build.target)
+
+
+_ESCAPE_DIRECTIVE = re.compile(r"^#\s*escape\s*=\s*(\S)\s*$", re.IGNORECASE)
+
+
+def declared_args(recipe: BuildRecipe) -> frozenset[str] | None:
+    """The ARG names the recipe's Dockerfile declares (in any stage, or before the first FROM); None when
+    the Dockerfile is not here (the offline plan without the source): then nothing can be left out.
+
+    Docker ignores a build arg no ARG declares (the classic builder warns "One or more build-args [...]
+    were not consumed"), so only declared ones are sent: a team's own Dockerfile gets none of the
+    profile's args it does not ask for, and the release tag hashes only what the build uses. Read as
+    Docker reads instructions: comment lines dropped, continuation lines joined (the escape character
+    is the `# escape=` directive's, else a backslash), `ARG A=1 B` declaring several."""
+    path = Path(recipe.dockerfile_path)
+    if not path.is_file():
+        return None
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    escape = "\\"
+    for line in lines:  # parser directives come first, before any instruction or other comment
+        directive = _ESCAPE_DIRECTIVE.match(line.strip())
+        if directive is None:
+            break
+        escape = directive.group(1)
+    names: set[str] = set()
+    pending = ""
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("#") or (not line and not pending):
+            continue
+        if line.endswith(escape):
+            pending += line[: -len(escape)] + " "
+            continue
+        instruction, pending = (pending + line).strip(), ""
+        keyword, _, rest = instruction.partition(" ")
+        if keyword.upper() == "ARG":
+            names.update(word.split("=", 1)[0] for word in rest.split() if word and not word.startswith("#"))
+    return frozenset(names)
+
+
+def image_build_args(
+    profile_args: Mapping[str, str], build: ImageBuild, declared: frozenset[str] | None
+) -> dict[str, str]:
+    """One image's build args: the args its profile decides (GpuProfile.build_args) that its Dockerfile
+    declares (all of them when the Dockerfile is not here to read), then the team's own (`image.buildArgs`,
+    `services.<name>.build.args`), which are sent as written."""
+    kept = {k: v for k, v in profile_args.items() if declared is None or k in declared}
+    return {**kept, **build.args}
 
 
 def build_contexts(config: StackConfig) -> list[str]:

@@ -29,7 +29,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.core import vocabulary
-from components.core.catalog import PROFILES, GpuProfile
+from components.core.catalog import GpuProfile
 from components.core.sharing import SharingSpec, gpu_capacity
 from components.kubernetes.cluster import (
     GpuCluster,
@@ -53,6 +53,7 @@ from stacks.config import (
     kubernetes_sharing,
     service_card,
 )
+from stacks.config.cards import card_json_of
 from stacks.hosts import provisioning, ssh_target
 from stacks.kubernetes_args import gpu_check_args, smoke_job_args, workload_args
 
@@ -85,7 +86,7 @@ def provision_nodes(stack: ResolvedStack) -> list[GpuHost]:
             host=node.host, port=node.port, user=node.user, host_key=node.host_key, bastion=node.bastion
         )
         connection = command_connection(ssh, node.ssh_key)
-        card = PROFILES[node.profile]
+        card = stack.card(node.profile)
         runners = HostRunners(f"runners-{name}", stack=stack.stack, connection=connection)
         hosts.append(
             GpuHost(
@@ -93,8 +94,8 @@ def provision_nodes(stack: ResolvedStack) -> list[GpuHost]:
                 connection=connection,
                 runners=runners,
                 provisioning=provisioning(stack.config.provision, card),
-                preflight=PreflightRequest(profile=card.key),
-                cuda_image_for=lambda key: PROFILES[key].base_image,
+                preflight=PreflightRequest(profile=card.key, card=card_json_of(stack.config, card.key)),
+                cuda_image=card.base_image,
             )
         )
     return hosts
@@ -190,7 +191,7 @@ def gpu_checks(
     return {
         card: GpuCheck(
             f"gpu-check-{card}",
-            gpu_check_args(PROFILES[card], sharing, target.namespace, gpus_per_node(config)),
+            gpu_check_args(stack.card(card), sharing, target.namespace, gpus_per_node(config)),
             opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=before_check),
         )
         for card in sorted({service_card(config, name) for name in kubernetes_gpu_demand(config)})
@@ -224,7 +225,7 @@ def start_workloads(
             waits_for.append(checks[card])
         workloads[name] = GpuWorkload(
             name,
-            workload_args(name, svc, target, PROFILES[card], sharing),
+            workload_args(name, svc, target, stack.card(card), sharing),
             opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=waits_for),
         )
     return workloads

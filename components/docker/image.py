@@ -120,12 +120,23 @@ class BuildRecipe:
         return str(Path(self.context) / self.dockerfile)
 
 
-def release_tag(*, profile: str, recipes: Sequence[BuildRecipe], build_args: Mapping[str, str]) -> str:
+def release_tag(
+    *,
+    profile: str,
+    recipes: Sequence[BuildRecipe],
+    build_args: Mapping[str, str],
+    image_args: Mapping[BuildRecipe, Mapping[str, str]] | None = None,
+) -> str:
     """`<profile>-<12 hex>` from everything that decides the images' content.
 
     One tag for every image a stack builds (the service image, its `deps` stage, a front end), so a
-    rollback pins them all with one value. The same sources and args give the same tag.
+    rollback pins them all with one value. The same sources and args give the same tag. `build_args` are
+    the stack's (the profile's and `image.buildArgs`); an image built with other args (`image_args`: a
+    CPU-only image, a team's version matrix, a Dockerfile that declares fewer) carries its own in its
+    entry, so a stack whose images all take the stack's args keeps the tag it had before images had
+    args of their own.
     """
+    own = image_args or {}
     recipe = {
         "images": [
             {
@@ -134,6 +145,11 @@ def release_tag(*, profile: str, recipes: Sequence[BuildRecipe], build_args: Map
                 if Path(r.dockerfile_path).is_file()
                 else r.dockerfile_path,
                 "target": r.target,
+                **(
+                    {"args": dict(sorted(own[r].items()))}
+                    if r in own and dict(own[r]) != dict(build_args)
+                    else {}
+                ),
             }
             for r in sorted(set(recipes), key=lambda r: (r.context, r.dockerfile, r.target or ""))
         ],

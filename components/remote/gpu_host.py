@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -47,9 +47,16 @@ class PreflightRequest:
     profile: str  # a profile key, or "auto"
     cuda_version: str | None = None
     require_mig: bool = False
+    # a stack's own card (catalog.card_json: `gpu-deploy:cards.<key>`), which the host's catalog lacks: the
+    # preflight checks the host against it (`--card JSON`, in place of `--profile`); None for the catalog's
+    card: Mapping[str, Any] | None = None
 
     def arguments(self) -> list[str]:
-        args = ["--profile", self.profile, "--json"]
+        if self.card is not None:
+            card = json.dumps(dict(self.card), sort_keys=True, separators=(",", ":"))
+            args = ["--card", card, "--json"]
+        else:
+            args = ["--profile", self.profile, "--json"]
         if self.cuda_version:
             args += ["--cuda-version", self.cuda_version]
         if self.require_mig:
@@ -70,7 +77,9 @@ class GpuHost(pulumi.ComponentResource):
         runners: HostRunners | None,
         provisioning: Provisioning,
         preflight: PreflightRequest,
-        cuda_image_for: Callable[[str], str],
+        # the card's CUDA base image for the GPU container check: known now for a named card; for `auto`
+        # a function of the preflight's JSON report (the card it found)
+        cuda_image: str | Callable[[Mapping[str, Any]], str],
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpu-deploy:host:GpuHost", name, None, opts)
@@ -109,13 +118,12 @@ class GpuHost(pulumi.ComponentResource):
                     "runtime", "configure-runtime", {"CONTAINER_RUNTIME": provisioning.runtime}, previous
                 )
             ]
-        # The profile's CUDA base image: known now for a named profile, after the preflight for auto.
-        cuda_image = (
-            self.profile.apply(cuda_image_for)
-            if preflight.profile == "auto"
-            else pulumi.Output.from_input(cuda_image_for(preflight.profile))
+        image = (
+            pulumi.Output.from_input(cuda_image)
+            if isinstance(cuda_image, str)
+            else self.facts.apply(cuda_image)
         )
-        verify_env = cuda_image.apply(
+        verify_env = image.apply(
             lambda image: {"CUDA_IMAGE": image, "CONTAINER_RUNTIME": provisioning.runtime}
         )
         verify = self._script("verify", "verify-gpu", verify_env, previous)

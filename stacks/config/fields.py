@@ -20,11 +20,13 @@ from components.core.values import (
     UserSpec,
     VolumeMount,
     floating_tag,
+    holds_password,
     host_path_problem,
+    looks_secret,
     parse_host_key,
 )
 from components.core.vocabulary import PINNED_CHART_VERSION, RESERVED_NAMESPACES
-from stacks.config.errors import quote
+from stacks.config.errors import KeyedError, quote
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([bkmgt])i?b?$", re.IGNORECASE)
 MAX_SIZE_MIB = 16 * 1024 * 1024  # 16 TiB
@@ -294,6 +296,21 @@ def parse_env_name(value: Any) -> str:
 
 
 EnvName = Annotated[str, BeforeValidator(parse_env_name)]
+
+
+def no_secret_build_args(args: dict[str, str]) -> dict[str, str]:
+    """Build args (the stack's `image.buildArgs`, a service's `build.args`) hold no credential: Docker keeps
+    them in the image history."""
+    for key, value in args.items():
+        if looks_secret(key) or holds_password(value):
+            raise KeyedError(
+                key,
+                "build args are stored in the image history; pass secrets at run time "
+                "(services.<name>.secretEnv)",
+            )
+    return args
+
+
 GpuField = Annotated[GpuRequest, BeforeValidator(parse_gpu)]
 RootDir = Annotated[str, BeforeValidator(parse_root)]
 PortField = Annotated[PortMapping, BeforeValidator(parse_port)]

@@ -3,11 +3,15 @@ on Kubernetes the device plugin's sharing spec and what each service asks of the
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from components.core.catalog import PROFILES, GpuProfile
+from components.core.catalog import PROFILES, GpuProfile, parse_version, profile_for_gpu
 from components.core.sharing import SHARED_STRATEGIES, SharingSpec
+from stacks.config.builds import ImageBuild, image_builds
+from stacks.config.cards import card_profile, own_card_for_gpu
 from stacks.config.errors import ConfigError
 from stacks.config.sections import CudaOverrides, GpuSharingConfig
 
@@ -24,6 +28,11 @@ class ResolvedStack:
     profile: GpuProfile | None  # None: `auto` on an SSH host, detected there by the preflight
     secret_keys: frozenset[str]
     warnings: tuple[str, ...] = ()
+
+    def card(self, key: str) -> GpuProfile:
+        """The profile a card key names (a node's, a service's): the stack's own card first, else the
+        catalog's; without the stack's `cuda` choices (those are the stack profile's)."""
+        return card_profile(self.config, key)
 
     def start_order(self) -> list[str]:
         """Enabled services, each after what it depends on (ties in declaration order)."""
@@ -42,25 +51,30 @@ class ResolvedStack:
         return order
 
 
-def resolve_profile(config: StackConfig, detected: str | None) -> tuple[GpuProfile | None, list[str]]:
+def resolve_profile(
+    config: StackConfig, detected: str | Mapping[str, Any] | None
+) -> tuple[GpuProfile | None, list[str]]:
     """The stack's profile with its CUDA overrides applied and checked against the card: the one place a
-    profile is resolved, named (`profile: a2`) or detected (`auto`, by this machine's or the host's
-    preflight: `detected` is the profile key it matched; ignored for a named profile).
+    profile is resolved, named (`profile: a2`), the stack's own (`profile: h100-16c`, from `cards`) or
+    detected (`auto`, by this machine's or the host's preflight: `detected` is the profile key it matched
+    or its JSON report; ignored for a named profile). Under `auto` a stack card NVML names as GPU 0 is
+    matched before the catalog; a card the catalog lacks is derived from what NVML reports.
 
     `auto` without a detection (an SSH host) stays None: the host's preflight decides at deploy time,
     with the same checks (it is given the CUDA override and the MIG requirement). The cpu profile, named
     or what `auto` falls back to without a GPU, takes no CUDA release or wheel index: the stack's are for
-    a GPU and are left out."""
+    a GPU and are left out. Every image's version matrix (its build args) is checked against the card."""
     warnings: list[str] = []
     key: str = config.profile
     if key == "auto":
         if detected is None:
-            _check_cuda_for_some_card(config.cuda)
+            _check_for_some_card(config)
             return None, warnings
-        key = detected
-        if key == "cpu":
+        base = detected_profile(config, detected)
+        if not base.is_gpu:
             warnings.append("profile auto: no NVIDIA GPU found on the target, falling back to cpu")
-    base = PROFILES[key]
+    else:
+        base = card_profile(config, key) if key != "cpu" else PROFILES["cpu"]
     cuda = config.cuda
     profile = _with_cuda(base, cuda)
     mig_users = [n for n, s in config.services.items() if s.gpu.uses_mig]
@@ -80,7 +94,36 @@ def resolve_profile(config: StackConfig, detected: str | None) -> tuple[GpuProfi
             f"the {profile.display_name} ({profile.architecture}) needs the proprietary kernel modules; "
             "the open modules need Turing or newer",
         )
+    check_image_matrices(config, profile)
     return profile, warnings
+
+
+def detected_profile(config: StackConfig, detected: str | Mapping[str, Any]) -> GpuProfile:
+    """What `auto` found: a profile key (the preflight's `profile`), or the preflight's JSON report, whose GPU
+    0 is matched by NVML name to the stack's own cards first, then to the catalog or derived from its
+    facts (catalog.profile_for_gpu). A card no supported CUDA serves is refused with the exact reason."""
+    if isinstance(detected, str):
+        if detected in config.cards or detected in PROFILES:
+            return card_profile(config, detected)
+        raise ConfigError("profile", f"auto: the preflight matched {detected!r}, which is no known card")
+    gpus = detected.get("gpus") or []
+    if not gpus:
+        return PROFILES["cpu"]
+    first = gpus[0]
+    name = str(first.get("name", ""))
+    own = own_card_for_gpu(config, name)
+    if own is not None:
+        return card_profile(config, own)
+    capability = str(first.get("compute_capability") or "")
+    major, _, minor = capability.partition(".")
+    if not (major.isdigit() and minor.isdigit()):
+        raise ConfigError("profile", f"auto: GPU 0 ({name}) reports no compute capability")
+    try:
+        return profile_for_gpu(
+            name, int(first.get("memory_mib", 0)), (int(major), int(minor)), first.get("mig") is not None
+        )
+    except ValueError as err:
+        raise ConfigError("profile", f"auto: {err}") from None
 
 
 def _with_cuda(base: GpuProfile, cuda: CudaOverrides) -> GpuProfile:
@@ -106,13 +149,93 @@ def _with_cuda(base: GpuProfile, cuda: CudaOverrides) -> GpuProfile:
     return profile
 
 
-def _check_cuda_for_some_card(cuda: CudaOverrides) -> None:
-    """`auto` on an SSH host: the card is known only at deploy time, but a CUDA choice no card can run
-    (an unknown release, a wheel index or driver that does not exist) is refused now, naming the key."""
+# A team's BASE_IMAGE that is an NVIDIA CUDA image names its CUDA release in the tag.
+_CUDA_IMAGE = re.compile(r"^(?:docker\.io/)?nvidia/cuda:(\d+\.\d+\.\d+)-")
+# TORCH_CUDA_ARCH_LIST entries: 8.6, 9.0a, 8.9+PTX (separated by ';' or spaces, as PyTorch reads them).
+_ARCH = re.compile(r"^(\d+)\.(\d+)([af]?)(\+PTX)?$")
+
+
+def image_profile(profile: GpuProfile, build: ImageBuild, cuda: CudaOverrides) -> GpuProfile:
+    """The profile one image is built with: the stack's (card and `cuda` keys) with the team's own version
+    matrix from its build args (CUDA_VERSION or an nvidia/cuda BASE_IMAGE, TORCH_INDEX_URL, TORCH_VERSION,
+    TORCH_CUDA_ARCH_LIST) checked against the card as the `cuda` keys are; each refusal names the build
+    arg's key. An image no GPU service runs is the cpu profile's (with the stack's torch version): no CUDA
+    base image or wheel index."""
+    if not (build.uses_gpu and profile.is_gpu):
+        return PROFILES["cpu"].with_overrides(torch_version=cuda.torch_version)
+    args, keys = build.args, build.arg_keys
+    version, version_key = args.get("CUDA_VERSION"), keys.get("CUDA_VERSION", "")
+    base = _CUDA_IMAGE.match(args.get("BASE_IMAGE", ""))
+    if base is not None:
+        if version is not None and version != base.group(1):
+            raise ConfigError(
+                keys["BASE_IMAGE"], f"is a CUDA {base.group(1)} image, but CUDA_VERSION says {version}"
+            )
+        version, version_key = base.group(1), keys["BASE_IMAGE"]
+    wheel_key = keys.get("TORCH_INDEX_URL") or keys.get("TORCH_VERSION", "")
+    index = args.get("TORCH_INDEX_URL")
+    flavour = index.rstrip("/").rsplit("/", 1)[-1] if index else None
+    try:
+        profile.with_overrides(cuda_version=version)
+    except ValueError as err:
+        raise ConfigError(version_key, str(err)) from None
+    try:
+        image = profile.with_overrides(
+            cuda_version=version, wheel_flavour=flavour, torch_version=args.get("TORCH_VERSION")
+        )
+    except ValueError as err:
+        raise ConfigError(wheel_key, str(err)) from None
+    if "TORCH_CUDA_ARCH_LIST" in args:
+        _check_arch_list(args["TORCH_CUDA_ARCH_LIST"], image, keys["TORCH_CUDA_ARCH_LIST"])
+    stack_min, image_min = profile.min_driver, image.min_driver
+    if stack_min and image_min and parse_version(image_min) > parse_version(stack_min):
+        raise ConfigError(
+            version_key if version is not None else wheel_key,
+            f"needs driver {image_min}, above the stack's {stack_min} that the host's preflight checks: "
+            "raise the stack's cuda.version or cuda.wheelIndex instead",
+        )
+    return image
+
+
+def _check_arch_list(value: str, card: GpuProfile, key: str) -> None:
+    """TORCH_CUDA_ARCH_LIST must hold code the card runs: machine code for the same major compute capability
+    and a lower or equal minor (an `a`/`f` variant only on its own one), or PTX of an equal or lower one,
+    which the driver compiles (CUDA C++ Programming Guide, "Binary Compatibility" and "PTX
+    Compatibility"). A list with a named architecture ("Ampere") is PyTorch's to expand: not checked."""
+    entries = [_ARCH.match(e) for e in re.split(r"[;\s]+", value.strip()) if e]
+    if card.compute_capability is None or not entries or any(e is None for e in entries):
+        return
+    major, minor = card.compute_capability
+    for entry in entries:
+        assert entry is not None
+        code = (int(entry.group(1)), int(entry.group(2)))
+        if entry.group(4) and code <= (major, minor):
+            return
+        if entry.group(3) and code == (major, minor):
+            return
+        if not entry.group(3) and code[0] == major and code[1] <= minor:
+            return
+    raise ConfigError(
+        key,
+        f"{value!r} holds no code a {card.display_name} (compute capability {major}.{minor}) runs; "
+        f"add {major}.{minor}",
+    )
+
+
+def check_image_matrices(config: StackConfig, profile: GpuProfile) -> None:
+    """Every image's version matrix against the stack's card (a Docker stack's builds; none elsewhere)."""
+    for build in image_builds(config):
+        image_profile(profile, build, config.cuda)
+
+
+def _check_for_some_card(config: StackConfig) -> None:
+    """`auto` on an SSH host: the card is known only at deploy time, but a CUDA choice or an image's version
+    matrix no card can run (an unknown release, a wheel index or driver that does not exist) is refused
+    now, naming the key."""
     refusals: list[ConfigError] = []
     for card in (p for p in PROFILES.values() if p.is_gpu):
         try:
-            _with_cuda(card, cuda)
+            check_image_matrices(config, _with_cuda(card, config.cuda))
             return
         except ConfigError as err:
             refusals.append(err)

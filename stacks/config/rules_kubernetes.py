@@ -10,7 +10,7 @@ import re
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING
 
-from components.core.catalog import PROFILES, GpuProfile
+from components.core.catalog import GpuProfile
 from components.core.problems import Problem
 from components.core.sharing import sharing_problems
 from components.core.values import check_image_pinned
@@ -23,6 +23,7 @@ from components.core.workload_rules import (
     probe_timing_problems,
 )
 from components.host import smoke_checklist
+from stacks.config.cards import card_profile
 from stacks.config.errors import KeyedError, quote
 from stacks.config.fields import alias
 from stacks.config.resolution import kubernetes_gpu_demand, kubernetes_sharing, service_card
@@ -213,7 +214,7 @@ def check_kubernetes_gpus(config: StackConfig) -> None:
     cards = [config.profile, *sorted({service_card(config, n) for n in demand} - {config.profile})]
     for card in cards:  # not auto: refused for kubernetes before this
         own = {n: d for n, d in demand.items() if service_card(config, n) == card}
-        _check_card_gpus(config, PROFILES[card], own, gpus)
+        _check_card_gpus(config, card_profile(config, card), own, gpus)
 
 
 def _check_card_gpus(

@@ -8,7 +8,6 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from components.core.values import holds_password, looks_secret
 from components.core.vocabulary import DCGM_CHART_VERSION, DEVICE_PLUGIN_CHART_VERSION, OPERATOR_CHART_VERSION
 from stacks.config.errors import KeyedError
 from stacks.config.fields import (
@@ -23,6 +22,7 @@ from stacks.config.fields import (
     Model,
     OwnNamespace,
     RootDir,
+    no_secret_build_args,
     own_namespace,
 )
 
@@ -68,14 +68,7 @@ class ImageConfig(Model):
     @field_validator("build_args")
     @classmethod
     def _no_secret_build_args(cls, args: dict[str, str]) -> dict[str, str]:
-        for key, value in args.items():
-            if looks_secret(key) or holds_password(value):
-                raise KeyedError(
-                    key,
-                    "build args are stored in the image history; pass secrets at run time "
-                    "(services.<name>.secretEnv)",
-                )
-        return args
+        return no_secret_build_args(args)
 
 
 class Bastion(Model):
@@ -94,7 +87,7 @@ class GpuNode(Model):
     host_key: HostKeyField  # pinned, required: ssh-keyscan -t ed25519 HOST
     ssh_key: str | None = None  # private key (a Pulumi secret); the agent is used without it
     bastion: Bastion | None = None
-    profile: Literal["p40", "a2", "a4000", "h100"]  # the node's card: its preflight must find it
+    profile: Annotated[str, Field(min_length=1)]  # the node's card (a card key): its preflight must find it
 
 
 class DockerTarget(Model):

@@ -30,6 +30,7 @@ from stacks.config.fields import (
     SizeField,
     UserField,
     VolumeField,
+    no_secret_build_args,
 )
 
 
@@ -84,11 +85,20 @@ DependencyCondition = Literal["started", "healthy", "completed"]
 
 
 class BuildOverride(Model):
-    """A service's own build, compose-style; each key defaults to the stack's image section."""
+    """A service's own build, compose-style; each key defaults to the stack's image section. `args` are the
+    team's own build args (a version matrix: PYTHON_VERSION, TORCH_VERSION, ...): over `image.buildArgs`
+    and the profile's, and checked against the card where the catalog decides them (stacks/config/
+    resolution.py: image_profile)."""
 
     context: ContextField | None = None
     dockerfile: DockerfileField | None = None
     target: str | None = None
+    args: dict[EnvName, EnvValue] = Field(default_factory=dict)
+
+    @field_validator("args")
+    @classmethod
+    def _no_secret_build_args(cls, args: dict[str, str]) -> dict[str, str]:
+        return no_secret_build_args(args)
 
 
 class Service(Model):
@@ -117,7 +127,7 @@ class Service(Model):
     run_on: Literal["gpu", "cpu"] = "gpu"  # cpu: the fallback runs, the GPU Deployment scales to 0
     mig_profile: Annotated[str, Field(pattern=r"^\d+g\.\d+gb$")] | None = None  # gpu counts MIG instances
     # kubernetes, several card types: the card this service runs on (placed only on nodes with it)
-    profile: Literal["p40", "a2", "a4000", "h100"] | None = None
+    profile: Annotated[str, Field(min_length=1)] | None = None  # a card key (stack.py checks it)
     storage: dict[str, Quantity] = Field(default_factory=dict)  # PVC size per named volume: {models: 10Gi}
     driver_capabilities: str | None = None  # NVIDIA_DRIVER_CAPABILITIES; the profile's default otherwise
     smoke: list[dict[str, Any]] = Field(default_factory=list)  # smoke_checklist checks (+ whenGpu)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from components.core.catalog import PROFILES
+from stacks.config.cards import CardConfig, CardKey, card_keys, own_profiles
 from stacks.config.errors import ConfigError, KeyedError, quote, translate
 from stacks.config.fields import Model, Name
 from stacks.config.rules_docker import check_docker
@@ -27,7 +29,9 @@ from stacks.config.service import Service
 
 
 class StackConfig(Model):
-    profile: Literal["p40", "a2", "a4000", "h100", "cpu", "auto"]
+    # a named card of the catalog, one of the stack's own `cards`, "cpu" or "auto" (checked in _cross_checks)
+    profile: Annotated[str, Field(min_length=1)]
+    cards: dict[CardKey, CardConfig] = Field(default_factory=dict)  # the stack's own cards (cards.py)
     target: Annotated[DockerTarget | KubernetesTarget, Field(discriminator="kind")]
     cuda: CudaOverrides = CudaOverrides()
     image: ImageConfig | None = None
@@ -45,6 +49,24 @@ class StackConfig(Model):
         if not services:
             raise ValueError("declare at least one service")
         return services
+
+    @model_validator(mode="after")
+    def _cards_and_profiles(self) -> StackConfig:
+        """The stack's own cards derive (each refusal under its key), and every profile names a card."""
+        try:
+            own_profiles(self)
+        except ConfigError as err:
+            raise KeyedError(err.key, err.problem) from None
+        known = card_keys(self)
+        if self.profile not in (*known, "cpu", "auto"):
+            raise KeyedError("profile", _unknown_card(self.profile, [*known, "cpu", "auto"], self))
+        for name, node in self.nodes.items():
+            if node.profile not in known:
+                raise KeyedError(f"nodes.{name}.profile", _unknown_card(node.profile, known, self))
+        for name, svc in self.services.items():
+            if svc.profile is not None and svc.profile not in known:
+                raise KeyedError(f"services.{name}.profile", _unknown_card(svc.profile, known, self))
+        return self
 
     @model_validator(mode="after")
     def _cross_checks(self) -> StackConfig:
@@ -103,6 +125,12 @@ class StackConfig(Model):
         if isinstance(self.target, KubernetesTarget):
             check_kubernetes_gpus(self)
         return self
+
+
+def _unknown_card(key: str, allowed: list[str], config: StackConfig) -> str:
+    own = f"; this stack's cards: {', '.join(config.cards)}" if config.cards else ""
+    catalog = ", ".join(k for k in allowed if k in PROFILES or k == "auto")
+    return f"expected a card of the catalog ({catalog}) or of the stack's own `cards`{own}, got {quote(key)}"
 
 
 def _check_acyclic(graph: Mapping[str, list[str]]) -> None:

@@ -325,3 +325,12 @@ def test_copy_sources_exist_and_are_in_the_context() -> None:
             for source in sources:
                 assert (CONTEXT / source).is_file(), f"COPY {source}: not in images/"
                 assert source in allowed, f"COPY {source}: excluded by images/.dockerignore"
+
+
+def test_the_deploy_reads_the_same_args_this_test_does() -> None:
+    """stacks.docker_args.declared_args (what an image is sent) agrees with this file's Dockerfile parser."""
+    from components.docker.image import BuildRecipe
+    from stacks.docker_args import declared_args
+
+    recipe = BuildRecipe(str(CONTEXT), str(DOCKERFILE.relative_to(CONTEXT)), "gpu-probe")
+    assert declared_args(recipe) == frozenset(name for name, _ in all_args())

@@ -192,7 +192,7 @@ def test_auto_on_an_ssh_host_names_the_cuda_key_no_card_can_run() -> None:
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        ("bogus", "cuda, gpuOperator, gpuSharing, image, nodes, profile, provision, services, target"),
+        ("bogus", "cards, cuda, gpuOperator, gpuSharing, image, nodes, profile, provision, services, target"),
         ("target.bogus", "bastion, host, hostKey, kind, port, root, sshKey, user"),
         ("image.bogus", "appUid, buildArgs, context, dockerfile, registry, repository, tag, target"),
         (
@@ -203,7 +203,7 @@ def test_auto_on_an_ssh_host_names_the_cuda_key_no_card_can_run() -> None:
         ),
         ("services.app.healthcheck.bogus", "command, http, interval, retries, startPeriod, timeout"),
         ("services.app.healthcheck.http.bogus", "path, port"),
-        ("services.migrate.build.bogus", "context, dockerfile, target"),
+        ("services.migrate.build.bogus", "args, context, dockerfile, target"),
         ("cuda.bogus", "driver, mig, torchVersion, version, wheelIndex"),
         ("provision.bogus", "driver, driverBranch, kernelModules, reboot, runtime, toolkit"),
     ],
@@ -241,7 +241,7 @@ def test_missing_required_key(path: str) -> None:
 @pytest.mark.parametrize(
     ("path", "value", "fragment"),
     [
-        ("profile", "v100", 'expected one of "p40", "a2", "a4000", "h100", "cpu", "auto", got "v100"'),
+        ("profile", "v100", 'or of the stack\'s own `cards`, got "v100"'),
         ("profile", "P40", 'got "P40"'),
         ("target.kind", "swarm", 'expected one of "docker", "kubernetes", got "swarm"'),
         ("services.app.restart", "sometimes", '"no", "on-failure", "always", "unless-stopped"'),
@@ -948,9 +948,9 @@ def test_huge_numbers_are_config_errors() -> None:
         (
             [("cuda", {"version": "12.4.1", "driver": "525.60.13"})],
             "cuda.driver",
-            "driver 525.60.13 is below 550.54.14, the minimum for CUDA 12.4 with cu124 wheels",
+            f"driver 525.60.13 is below {PROFILES['p40'].min_driver}, the minimum for CUDA 12.4",
         ),
-        ([("cuda", {"driver": "535"})], "cuda.driver", "driver 535 is below 550.54.14"),
+        ([("cuda", {"driver": "535"})], "cuda.driver", f"driver 535 is below {PROFILES['p40'].min_driver}"),
         ([("cuda.driver", "530.30.01")], "cuda.driver", "below 530.30.02"),
         ([("cuda.driver", "latest")], "cuda.driver", "not a version: 'latest'"),
         ([("provision", {"driverBranch": "470"})], "provision.driverBranch", "driver 470 is below 530.30.02"),
