@@ -133,9 +133,12 @@ def _stack_summary(path: Path) -> dict[str, Any]:
 
 
 def cmd_list(_: argparse.Namespace) -> int:
-    for stack in list_stacks(PROJECT_DIR):
-        info = _stack_summary(PROJECT_DIR / f"Pulumi.{stack}.yaml")
-        print(f"{stack:<10} profile={info['profile']:<6} target={info['target']}")
+    summaries = {
+        stack: _stack_summary(PROJECT_DIR / f"Pulumi.{stack}.yaml") for stack in list_stacks(PROJECT_DIR)
+    }
+    width = max([6, *(len(str(info["profile"])) for info in summaries.values())])  # columns line up
+    for stack, info in summaries.items():
+        print(f"{stack:<10} profile={info['profile']:<{width}} target={info['target']}")
     return EXIT_OK
 
 

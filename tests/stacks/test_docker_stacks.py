@@ -392,6 +392,8 @@ def test_list_shows_each_stack_with_profile_and_target() -> None:
     lines = {line.split()[0]: line for line in result.stdout.splitlines()}
     assert "profile=p40" in lines["prod"] and "docker:p40.gpu.internal" in lines["prod"]
     assert "profile=auto" in lines["edu-gpu"]
+    assert "profile=h100-16c" in lines["h100"]  # the stack's own card
+    assert len({line.index(" target=") for line in lines.values()}) == 1, "the columns line up"
 
 
 @pytest.mark.parametrize("stack", list_stacks(PROJECT_DIR))
