@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 PRODUCT_FOLDERS = ("components", "stacks", "policy")
-MAX_LINES = 520  # "about 400": a file past this needs splitting (preflight.py is one shipped file, 509)
+MAX_LINES = 450  # "about 400": a file past this needs splitting by job
 
 
 def layout_rows() -> list[tuple[str, str]]:
