@@ -82,10 +82,6 @@ else:
     ExitCode, GpuFacts, HostFacts = nvml_facts.ExitCode, nvml_facts.GpuFacts, nvml_facts.HostFacts
     MigMode, Problem = nvml_facts.MigMode, nvml_facts.Problem
 
-__all__ = ["ExitCode", "GpuFacts", "HostFacts", "MigMode", "Problem", "check", "inspect_host", "main", "run"]
-inspect_host = nvml_facts.inspect_host
-cuda_driver_text = nvml_facts.cuda_driver_text
-
 MEMORY_TOLERANCE = 0.10  # a card's NVML total may differ from the catalog's figure by ECC and firmware
 
 
@@ -370,7 +366,7 @@ def _with_cuda_override(
 def run(args: argparse.Namespace) -> Outcome:
     """Inspect the host and check it against the profile the parsed arguments name."""
     nvml = nvml_facts.load_nvml()
-    facts = HostFacts(nvml_failure=nvml) if isinstance(nvml, Problem) else inspect_host(nvml)
+    facts = HostFacts(nvml_failure=nvml) if isinstance(nvml, Problem) else nvml_facts.inspect_host(nvml)
     auto = args.profile == "auto"
     profile: catalog.GpuProfile | Problem | None
     warnings: list[str]

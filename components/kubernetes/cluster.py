@@ -138,11 +138,6 @@ def config_map_data(spec: SharingSpec) -> dict[str, str]:
     }
 
 
-def _sanitised(name: str) -> str:
-    """GPU feature discovery's label form of a name: its one owner is components/core/cards.py."""
-    return gpu_product_label(name)
-
-
 def node_product_labels(spec: SharingSpec, profile: GpuProfile) -> tuple[str, ...]:
     """Every `nvidia.com/gpu.product` value GPU feature discovery can give a node with `profile`'s card
     under `spec`: what a GPU pod's node selection must accept.
@@ -157,7 +152,7 @@ def node_product_labels(spec: SharingSpec, profile: GpuProfile) -> tuple[str, ..
     for product in profile.gpu_products:
         replica_counts = {spec.replicas, spec.per_product.get(product, spec.replicas)}
         bases = (
-            [f"{product}-MIG-{_sanitised(p)}" for p in profile.mig_profiles]
+            [f"{product}-MIG-{gpu_product_label(p)}" for p in profile.mig_profiles]
             if spec.mig_strategy == "single"
             else [product]
         )

@@ -17,8 +17,9 @@ import pytest
 
 from components.core import catalog
 from components.core.catalog import PROFILES
-from components.host import PREFLIGHT, SMOKE_RUNNER, preflight
-from components.host.preflight import ExitCode, GpuFacts, HostFacts, MigMode, check, inspect_host
+from components.host import PREFLIGHT, SMOKE_RUNNER, nvml_facts, preflight
+from components.host.nvml_facts import ExitCode, GpuFacts, HostFacts, MigMode, cuda_driver_text, inspect_host
+from components.host.preflight import check
 from components.remote.runners import IMPORTS, runner_files
 from tests.fake_nvml.cards import A2, A4000, BY_PROFILE, H100_PCIE, H100_SXM, K80, M60, NAMED, P40, RTX_5090
 from tests.fake_nvml.cards import machine as host
@@ -485,7 +486,7 @@ def test_an_unexpected_error_is_one_line(fake_nvml, capsys, monkeypatch) -> None
     def explode(nvml: Any) -> HostFacts:
         raise KeyError("boom")
 
-    monkeypatch.setattr(preflight, "inspect_host", explode)
+    monkeypatch.setattr(nvml_facts, "inspect_host", explode)
     code, _, err = run_main(capsys, "--profile", "p40")
     assert code == ExitCode.INTERNAL
     assert one_error_line(err) == "FAIL (exit 1): preflight crashed: KeyError('boom')"
@@ -518,9 +519,9 @@ def test_compute_capability_must_match() -> None:
 
 
 def test_cuda_driver_text() -> None:
-    assert preflight.cuda_driver_text(12080) == "12.8"
-    assert preflight.cuda_driver_text(13000) == "13.0"
-    assert preflight.cuda_driver_text(11040) == "11.4"
+    assert cuda_driver_text(12080) == "12.8"
+    assert cuda_driver_text(13000) == "13.0"
+    assert cuda_driver_text(11040) == "11.4"
 
 
 # --- the standalone bundle --------------------------------------------------------------------------------
