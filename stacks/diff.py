@@ -20,7 +20,10 @@ Rules, with resources keyed by URN:
   created or replaced is a possible change too (a real replacement has a new id: a `triggers` entry
   naming a replaced container's id re-runs the command);
 - component resources (custom false) are groupings, never changes themselves: they are not counted
-  anywhere (their children are). The unchanged count is of custom resources.
+  anywhere (their children are). The unchanged count is of custom resources;
+- what a change rolls (a replaced container, a workload whose pod template changes) is listed with the
+  rollout its service gets in the after plan's `rollout` output: zero downtime, or stop first with the
+  expected interruption (stacks/rollout_view.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from typing import Any, Literal
 from components.core.vocabulary import UNKNOWN_PLACEHOLDER
 from stacks.plan import mock_id
 from stacks.replacement import kubernetes_force_new, replaces
+from stacks.rollout_view import Rolled, rolled
 
 UNKNOWN = UNKNOWN_PLACEHOLDER
 Action = Literal["create", "replace", "update", "delete"]
@@ -77,6 +81,7 @@ class Diff:
     changes: list[Change] = field(default_factory=list)
     unchanged: int = 0
     data: list[str] = field(default_factory=list)  # where a change leaves data behind, said plainly
+    rollout: list[Rolled] = field(default_factory=list)  # what rolls, and how (zero downtime / stop first)
 
     def of(self, action: Action) -> list[Change]:
         return [c for c in self.changes if c.action == action]
@@ -92,6 +97,8 @@ class Diff:
         result["unchanged"] = self.unchanged
         if self.data:
             result["data"] = list(self.data)
+        if self.rollout:
+            result["rollout"] = [r.as_json() for r in self.rollout]
         return result
 
     def summary(self) -> str:
@@ -245,6 +252,13 @@ def diff_plans(before: Mapping[str, Any], after: Mapping[str, Any], stack: str |
     diff.data = data_notes(old, new, changes) + secret_notes(before, after, old, new, changes)
     order = {a: i for i, a in enumerate(ACTIONS)}
     diff.changes = sorted(changes.values(), key=lambda c: (order[c.action], c.type, c.name, c.urn))
+    diff.rollout = rolled(
+        ((c.action, c.type, c.name, c.urn) for c in diff.changes),
+        old,
+        new,
+        before.get("outputs"),
+        after.get("outputs"),
+    )
     diff.unchanged = sum(1 for urn in both if urn not in changes)
     return diff
 
@@ -326,9 +340,10 @@ def secret_notes(
 
 
 def render_text(diff: Diff) -> str:
-    """Markdown for a job summary: a heading, the changes in a fenced block, the counts."""
+    """Markdown for a job summary: a heading, the changes in a fenced block, how each replaced service
+    rolls and where data stays (a list), the counts."""
     lines = [c.line() for c in diff.changes] or ["no changes"]
-    data = [f"- data: {note}" for note in diff.data]
+    notes = [f"- rollout: {r.line()}" for r in diff.rollout] + [f"- data: {note}" for note in diff.data]
     return "\n".join(
-        [f"### {diff.stack}", "", "```", *lines, "```", "", *data, *([""] if data else []), diff.summary()]
+        [f"### {diff.stack}", "", "```", *lines, "```", "", *notes, *([""] if notes else []), diff.summary()]
     )

@@ -4,9 +4,11 @@ Job, and the GPU check of one card. Pure translation: no resource is created her
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from components.core import vocabulary
 from components.core.catalog import GpuProfile
+from components.core.gpu_memory import ZERO_DOWNTIME, Rollout
 from components.core.sharing import SharingSpec, gpu_capacity
 from components.kubernetes.cluster import node_product_labels
 from components.kubernetes.gpu_check import GpuCheckArgs
@@ -92,8 +94,16 @@ def smoke_job_args(name: str, svc: Service, target: KubernetesTarget, *, on_gpu:
 
 
 def workload_args(
-    name: str, svc: Service, target: KubernetesTarget, profile: GpuProfile, sharing: SharingSpec
+    name: str,
+    svc: Service,
+    target: KubernetesTarget,
+    profile: GpuProfile,
+    sharing: SharingSpec,
+    *,
+    rollout: Rollout | None = None,
 ) -> GpuWorkloadArgs:
+    """`rollout`: the service's (stacks/config/budgets.kubernetes_rollouts); it sets the strategy of a GPU
+    Deployment, and of another only where the stack forces a mode (else the Kubernetes default)."""
     gpu = svc.gpu.count if svc.gpu.mode == "count" else 0
     on_cpu = svc.run_on == "cpu"
     env = dict(svc.env)
@@ -124,7 +134,12 @@ def workload_args(
         # what GPU feature discovery really labels the node under this sharing (NVIDIA-A2-SHARED ...)
         gpu_products=node_product_labels(sharing, profile) if gpu else (),
         card=profile.key if gpu else None,
+        rollout=_strategy_mode(rollout) if rollout is not None and (gpu or svc.rollout != "auto") else None,
     )
+
+
+def _strategy_mode(rollout: Rollout) -> Literal["zero-downtime", "stop-first"]:
+    return "zero-downtime" if rollout.mode == ZERO_DOWNTIME else "stop-first"
 
 
 def gpu_check_args(

@@ -9,9 +9,10 @@ Creates, in order (all children of the component, in `args.namespace`, which it 
    toleration and a `nvidia.com/gpu.product` node selector (node affinity for several products) for
    GPU pods; a non-root user, no privilege escalation, all capabilities dropped, seccomp
    RuntimeDefault; memory request = limit; start-up, readiness and liveness probes where the start-up
-   probe gives a slow model load its own window. A GPU Deployment uses the Recreate strategy: a rolling
-   update would start the new pod while the old one still holds the GPU, and with whole GPUs the new
-   pod would stay Pending forever;
+   probe gives a slow model load its own window. A GPU Deployment uses the Recreate strategy unless
+   `rollout` is "zero-downtime": a rolling update starts the new pod while the old one still holds the
+   GPU, so it needs a spare GPU resource and memory for that surge pod (the stack checks both:
+   stacks/config/budgets.py), or the new pod would stay Pending forever;
 4. with `cpu_fallback`, a second Deployment `<name>-cpu`: no GPU, no runtime class,
    `cpu_image`/`cpu_env` (e.g. WHISPER__INFERENCE_DEVICE=cpu) and `cpu_replicas` replicas, 0 by default;
 5. the ClusterIP Service `<name>` for `ports`, selecting the pods of both variants.
@@ -79,6 +80,20 @@ def _probe(spec: ProbeSpec, default_port: int | None, failure_threshold: int) ->
         timeout_seconds=spec.timeout_s,
         failure_threshold=failure_threshold,
     )
+
+
+def deployment_strategy(rollout: str | None, *, wants_gpu: bool) -> k8s.apps.v1.DeploymentStrategyArgs | None:
+    """RollingUpdate with one surge pod and none unavailable for zero downtime, Recreate for stop-first;
+    without a rollout Recreate for a GPU Deployment (the old pod must free its GPU before the new one can
+    be scheduled) and the Kubernetes default (a rolling update) otherwise."""
+    if rollout == "zero-downtime":
+        return k8s.apps.v1.DeploymentStrategyArgs(
+            type="RollingUpdate",
+            rolling_update=k8s.apps.v1.RollingUpdateDeploymentArgs(max_surge=1, max_unavailable=0),
+        )
+    if rollout == "stop-first" or (rollout is None and wants_gpu):
+        return k8s.apps.v1.DeploymentStrategyArgs(type="Recreate")
+    return None
 
 
 def _port_name(port: int) -> str:
@@ -345,8 +360,7 @@ class GpuWorkload(pulumi.ComponentResource):
                 replicas=replicas,
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),
                 template=template,
-                # The old pod must free its GPU before the new one can be scheduled.
-                strategy=k8s.apps.v1.DeploymentStrategyArgs(type="Recreate") if wants_gpu else None,
+                strategy=None if fallback else deployment_strategy(args.rollout, wants_gpu=wants_gpu),
             ),
             opts=opts,
         )

@@ -85,6 +85,11 @@ class GpuWorkloadArgs:
     gpu_products: Sequence[str] = ()
     card: str | None = None  # the profile key of the card the GPU pods run on
     component: str = "server"  # app.kubernetes.io/component
+    # How a changed Deployment replaces its pods (components.core.gpu_memory's modes): "zero-downtime" is
+    # RollingUpdate with maxSurge 1 and maxUnavailable 0 (the new pod starts beside the old one: the stack
+    # checked there is a spare GPU resource and memory for it), "stop-first" is Recreate; None: Recreate
+    # for a GPU Deployment (the old pod frees its GPU first), the Kubernetes default otherwise.
+    rollout: Literal["zero-downtime", "stop-first"] | None = None
 
 
 def check_args(args: GpuWorkloadArgs) -> None:

@@ -319,8 +319,9 @@ def test_cli_config_file_json(tmp_path: Path) -> None:
     result = run_cli("diff", "prod", "--config-file", str(other), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
-    assert set(data) == {"stack", "create", "replace", "update", "delete", "unchanged"}
+    assert set(data) == {"stack", "create", "replace", "update", "delete", "unchanged", "rollout"}
     assert data["stack"] == "prod"
+    assert [(r["service"], r["name"]) for r in data["rollout"]] == [("app", "app")]  # how the app rolls
     # The app is replaced; what runs after it (a smoke test triggered by its id) may be re-run with it.
     containers = [(c["name"], c["changed"]) for c in data["replace"] if c["type"] == CONTAINER]
     assert containers == [("app", ["memory"])]
