@@ -11,6 +11,7 @@ declare -A PROVIDER=(
   [dockerd]=docker.io [containerd]=docker.io [docker]=docker.io
   [sshd]=openssh-server [ssh]=openssh-client [sftp]=openssh-client [ssh-keygen]=openssh-client
   [debootstrap]=debootstrap [sudo]=sudo [visudo]=sudo [iptables]=iptables [ip]=iproute2
+  [apt-get]=apt [dpkg-deb]=dpkg
 )
 
 if [[ ${EUID} -ne 0 ]]; then
@@ -37,6 +38,13 @@ else
   export DEBIAN_FRONTEND=noninteractive
   apt-get update
   apt-get install -y --no-install-recommends "${PACKAGES[@]}"
+fi
+
+# The rollout tests' proxy stand-in runs Debian's caddy binary, fetched once with `apt-get download caddy`
+# (tests/real/standins.py caches it): apt's package lists must know the package.
+if ! apt-cache show caddy >/dev/null 2>&1; then
+  echo "real-engine tier: apt's package lists lack caddy: apt-get update"
+  apt-get update
 fi
 
 getent group docker >/dev/null || groupadd --system docker

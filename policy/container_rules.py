@@ -82,7 +82,7 @@ def check_non_root(type_: str, props: Mapping[str, Any], context: StackContext) 
 
 # ---------------------------------------------------------------- rule: no privileges
 def check_no_privileges(type_: str, props: Mapping[str, Any], context: StackContext) -> list[str]:
-    """No privileged mode, no added capabilities, no privilege escalation."""
+    """No privileged mode, no added capabilities, no privilege escalation, not the host's IPC namespace."""
     problems: list[str] = []
     if type_ == CONTAINER:
         if props.get("privileged") is True:
@@ -90,6 +90,11 @@ def check_no_privileges(type_: str, props: Mapping[str, Any], context: StackCont
         adds = [a for a in as_list(dig(props, "capabilities", "adds")) if is_known(a)]
         if adds:
             problems.append(f"adds capabilities {', '.join(map(str, adds))}; drop ALL and add none")
+        if props.get("ipcMode") == "host":
+            problems.append(
+                "shares the host's IPC namespace (ipcMode host); give it its own and shmSize for "
+                "shared memory"
+            )
         return problems
     if type_ in POD_SPEC_PATHS:
         for container in pod_containers(pod_spec(type_, props)):

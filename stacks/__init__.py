@@ -8,9 +8,13 @@ import subprocess
 import sys
 from typing import Any
 
-import pulumi
+from stacks.bootstrap import ensure_runtime
 
-from stacks.config import (
+ensure_runtime()  # `python -m stacks` with a Python lacking the packages: re-run under .venv (or set it up)
+
+import pulumi  # noqa: E402 (after the guard: its packages may only exist in .venv)
+
+from stacks.config import (  # noqa: E402
     ConfigError,
     ResolvedStack,
     read_pulumi_config,

@@ -6,6 +6,9 @@
     python -m stacks diff STACK (--config-file OTHER | --against GIT_REF) [--json]
     python -m stacks render STACK --out DIR [--config-file FILE]
 
+`plan`'s text has a `rollout:` section after the tree (how each service rolls: stacks/rollout_view.py);
+`diff`'s Markdown says it for each replaced service.
+
 Exit codes: 0 success, 2 a config error (one line on stderr naming the key), 1 anything else.
 """
 
@@ -23,63 +26,18 @@ from stacks import load
 from stacks.config import ConfigError
 from stacks.diff import diff_plans, render_text
 from stacks.diff_sources import DiffConfigError, empty_plan, plan_at
-from stacks.plan import PROJECT_DIR, Plan, PlanError, PlannedResource, execute, list_stacks, prepare
+from stacks.host_cli import add_parsers as add_host_parsers
+from stacks.plan import PROJECT_DIR, Plan, PlanError, execute, list_stacks, prepare
+from stacks.plan_view import ordered_children, summary
+from stacks.rollout_view import ROLLOUT_OUTPUT, plan_section
 from stacks.stackfile import read_stack
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
 
-def _short_type(type_: str) -> str:
-    return type_.rsplit(":", maxsplit=1)[-1]
-
-
-def _summary(resource: PlannedResource) -> str:
-    """The key inputs of a resource, on one line."""
-    inputs = resource.inputs
-    kind = _short_type(resource.type)
-    parts: list[str] = []
-    if kind == "Container":
-        parts.append(f"image={inputs.get('image')}")
-        for request in inputs.get("deviceRequests") or []:
-            if "deviceIds" in request:
-                parts.append(f"gpu=devices:{','.join(request['deviceIds'])}")
-            else:
-                parts.append(f"gpu={'all' if request.get('count') == -1 else request.get('count')}")
-        parts += [
-            f"port={p.get('ip', '') + ':' if p.get('ip') else ''}{p['external']}->{p['internal']}"
-            for p in inputs.get("ports") or []
-        ]
-        parts += [
-            f"mount={m['source']}:{m['target']}{':ro' if m.get('readOnly') else ''}"
-            for m in inputs.get("mounts") or []
-        ]
-        parts.append(f"user={inputs.get('user')}")
-        if inputs.get("memory"):
-            parts.append(f"memory={inputs['memory']}m")
-        if inputs.get("attach"):
-            parts.append("one-shot")
-    elif kind == "Image":
-        build = inputs.get("build") or {}
-        parts.append(f"image={inputs.get('imageName')}")
-        if build.get("target"):
-            parts.append(f"stage={build['target']}")
-    elif kind == "RemoteImage":
-        parts.append(f"image={inputs.get('name')} (pinned, no build)")
-    elif resource.type == "pulumi:providers:kubernetes":
-        parts.append(f"context={inputs.get('context')} namespace={inputs.get('namespace')}")
-    elif resource.type.startswith("pulumi:providers:"):
-        parts.append(f"host={inputs.get('host')}")
-    elif kind == "Network":
-        parts.append(f"name={inputs.get('name')}")
-    elif kind == "Command":
-        parts.append(f"run={str(inputs.get('create', '')).splitlines()[0][:80]}")
-    return "  " + " ".join(parts) if parts else ""
-
-
 def render_tree(plan: Plan) -> str:
-    children: dict[str | None, list[PlannedResource]] = {}
-    for resource in plan.resources:
-        children.setdefault(resource.parent, []).append(resource)
+    """The plan as text: the tree in deploy order, each line whole (stacks/plan_view.py), then the rollout."""
+    children = ordered_children(plan)
     lines = [f"{plan.project}/{plan.stack}"]
 
     def walk(parent: str | None, indent: str) -> None:
@@ -87,16 +45,18 @@ def render_tree(plan: Plan) -> str:
         for index, resource in enumerate(items):
             last = index == len(items) - 1
             lines.append(
-                f"{indent}{'└─ ' if last else '├─ '}{resource.type} {resource.name}{_summary(resource)}"
+                f"{indent}{'└─ ' if last else '├─ '}{resource.type} {resource.name}{summary(resource)}"
             )
             walk(resource.urn, indent + ("   " if last else "│  "))
 
     roots = children.get(None, [])
     for root in roots:
         walk(root.urn, "")
-    if plan.outputs:
+    lines += plan_section(plan.outputs)  # how each service rolls: its own section, not an output line
+    shown = {key: value for key, value in plan.outputs.items() if key != ROLLOUT_OUTPUT}
+    if shown:
         lines.append("outputs:")
-        lines += [f"  {key}: {json.dumps(value)}" for key, value in sorted(plan.outputs.items())]
+        lines += [f"  {key}: {json.dumps(value)}" for key, value in sorted(shown.items())]
     for warning in plan.warnings:
         lines.append(f"warning: {warning}")
     return "\n".join(lines)
@@ -221,6 +181,7 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--out", required=True, help="directory for <kind>-<name>.yaml (new or empty)")
     render.add_argument("--config-file", help="a stack config file instead of Pulumi.STACK.yaml")
     render.set_defaults(func=cmd_render)
+    add_host_parsers(sub)  # tunnel, status, logs: stacks/host_cli.py
     return top
 
 

@@ -1,9 +1,16 @@
-"""The Docker-host target: a validated stack becomes a GpuHost, a DockerHost, images, host directories
-and containers.
+"""The Docker-host target: a validated stack becomes a GpuHost, a DockerHost, images, host directories,
+the reverse proxy and containers.
 
-Order: GPU host verified -> images built on it -> one-shot jobs and services, each after what it
-`dependsOn` ("healthy" waits for the health check, "completed" for the job's exit) and after the host
-directories behind its bind mounts.
+Order: GPU host verified -> images built on it -> the proxy (when a service rolls with zero downtime) ->
+one-shot jobs and services, each after what it `dependsOn` ("healthy" waits for the health check,
+"completed" for the job's exit; a zero-downtime service also for its route in the proxy) and after the
+host directories behind its bind mounts.
+
+How each service rolls is decided before anything exists (stacks/config/budgets.py docker_rollouts, from
+components/core/gpu_memory.py): zero-downtime services run as auto-named copies behind the proxy,
+stop-first services under their fixed name, a GPU service after its GPU memory gate
+(components/docker/container.py). At deploy, the GPUs come from the host's preflight: placement and budgets
+are checked again against them (docker_args.deploy_placement).
 """
 
 from __future__ import annotations
@@ -15,14 +22,13 @@ from typing import Any
 import pulumi
 import pulumi_command as command
 
-from components.core import vocabulary
 from components.core.catalog import GpuProfile
-from components.core.values import NO_GPU, UserSpec, is_under, place_gpu_counts
-from components.docker.container import GpuContainer, GpuContainerArgs, Mount
+from components.core.gpu_memory import Rollout
+from components.core.values import UserSpec, is_under
+from components.docker.container import GpuContainer
 from components.docker.directories import HostDirectories
 from components.docker.docker_host import DockerHost
 from components.docker.image import BuildRecipe, CudaImage, release_tag
-from components.docker.smoke_run import SmokeSpec, SmokeTest
 from components.remote.gpu_host import GpuHost, PreflightRequest
 from components.remote.runners import HostRunners
 from components.remote.ssh import (
@@ -34,28 +40,25 @@ from stacks.config import (
     ResolvedStack,
     Service,
     StackConfig,
-    header_refs,
-    resolve_header_refs,
     resolve_profile,
-    smoke_checks,
 )
+from stacks.config.budgets import docker_rollouts
 from stacks.config.builds import image_builds
 from stacks.config.cards import card_json_of
 from stacks.config.resolution import image_profile
 from stacks.docker_args import (
-    DEFAULT_DRIVER_CAPABILITIES,
-    base_url,
     declared_args,
-    devices_of,
     docker_transport,
-    healthcheck_spec,
     image_build_args,
     image_naming,
     recipe_for,
     recipe_of,
     registry_login,
 )
-from stacks.hosts import provisioning, ssh_target
+from stacks.docker_services import reverse_proxy, smoke_test_services, start_services
+from stacks.docker_tests import with_test_builds
+from stacks.docker_upkeep import dcgm_exporter, prune_releases
+from stacks.hosts import left_to_administrator, provisioning, ssh_target
 
 
 def resolved_for(stack: ResolvedStack, report: Mapping[str, Any]) -> GpuProfile:
@@ -82,7 +85,7 @@ def build_images(
     declares, then the team's own. One release tag for all of them (a rollback pins one value)."""
     config = stack.config
     image = config.image
-    builds = image_builds(config, services)
+    builds = with_test_builds(config, list(services), image_builds(config, services))  # + test stages
     if image is None or not builds:
         return {}
     main = BuildRecipe(image.context, image.dockerfile, image.target)
@@ -159,6 +162,7 @@ def host_directories(
             owner=owner,
             root=target.root or "",
             connection=connection,
+            privileged=config.provision.privileges == "root",
         )
         for owner, paths in sorted(paths_by_owner.items(), key=lambda item: (item[0].uid, item[0].gid))
     }
@@ -196,113 +200,8 @@ def prove_gpu_host(
             card=card_json_of(config, profile.key) if profile else None,
         ),
         cuda_image=profile.base_image if profile else lambda report: resolved_for(stack, report).base_image,
+        min_driver=profile.min_driver if profile else None,
     )
-
-
-def place_devices(
-    services: dict[str, Service], gpu_host: GpuHost | None
-) -> tuple[dict[str, int], pulumi.Output[dict[str, tuple[str, ...]]] | None]:
-    """Services that ask for a count of GPUs get distinct devices of the host (its preflight lists them),
-    not all the first GPU."""
-    counts = {name: svc.gpu.count for name, svc in services.items() if svc.gpu.mode == "count"}
-    if gpu_host is None or not counts:
-        return counts, None
-    return counts, gpu_host.facts.apply(
-        lambda facts: place_gpu_counts(counts, [g["uuid"] for g in facts["gpus"]])
-    )
-
-
-def start_services(
-    stack: ResolvedStack,
-    services: dict[str, Service],
-    *,
-    host: DockerHost,
-    gpu_host: GpuHost | None,
-    images: dict[str, CudaImage],
-    directories: dict[UserSpec, HostDirectories],
-    profile_key: pulumi.Input[str],
-    on_host: pulumi.ResourceOptions,
-) -> dict[str, GpuContainer]:
-    """Jobs and services in dependency order, each after what it `dependsOn` and its host directories."""
-    config, profile = stack.config, stack.profile
-    target = config.target
-    assert isinstance(target, DockerTarget)
-    gpu_available = gpu_host is not None
-    counts, placement = place_devices(services, gpu_host)
-    containers: dict[str, GpuContainer] = {}
-    for name, svc in services.items():
-        if svc.gpu.wants_gpu and not gpu_available:
-            pulumi.log.warn(f"service {name}: no GPU on this target, it runs on the CPU")
-        waits_for: list[pulumi.Resource] = [containers[dep] for dep in svc.depends_on]
-        if svc.user in directories and svc.volumes:
-            waits_for.append(directories[svc.user])
-        args = GpuContainerArgs(
-            container_name=f"{stack.stack}-{name}",
-            image=images[name].ref if name in images else svc.image,
-            network=host.network.name,
-            service=name,
-            user=svc.user,
-            gpu=svc.gpu if gpu_available else NO_GPU,
-            driver_capabilities=svc.driver_capabilities
-            or (profile.driver_capabilities if profile else DEFAULT_DRIVER_CAPABILITIES),
-            command=svc.command_list,
-            ports=svc.ports,
-            env=svc.env,
-            secret_env=svc.secret_env,
-            mounts=[Mount(v.host_path(target.root), v.container, v.read_only) for v in svc.volumes],
-            memory_mib=svc.memory,
-            shm_mib=svc.shm_size,
-            healthcheck=healthcheck_spec(svc.healthcheck) if svc.healthcheck else None,
-            restart=svc.effective_restart,
-            one_shot=svc.one_shot,
-            keep_image=svc.one_shot and bool(config.image and config.image.tag),
-            placed_devices=devices_of(placement, name) if placement is not None and name in counts else None,
-            labels={
-                vocabulary.LABEL_STACK: stack.stack,
-                vocabulary.LABEL_SERVICE: name,
-                vocabulary.LABEL_PROFILE: profile_key,
-                vocabulary.LABEL_ROOT: target.root or "",
-            },
-            must_succeed=[
-                containers[dep].exit_code for dep, cond in svc.depends_on.items() if cond == "completed"
-            ],
-        )
-        containers[name] = GpuContainer(
-            name,
-            args,
-            opts=pulumi.ResourceOptions.merge(on_host, pulumi.ResourceOptions(depends_on=waits_for)),
-        )
-    return containers
-
-
-def smoke_test_services(
-    stack: ResolvedStack,
-    services: dict[str, Service],
-    containers: dict[str, GpuContainer],
-    *,
-    gpu_available: bool,
-    connection: command.remote.ConnectionArgs | None,
-    runners: HostRunners | None,
-) -> None:
-    """Smoke tests on the host, once every service is up (healthy where it has a health check); a
-    service's test runs again whenever its container is replaced."""
-    everything: list[pulumi.Resource] = list(containers.values())
-    for name, svc in services.items():
-        checks = smoke_checks(svc.smoke, gpu=gpu_available)
-        # a header taken from the service's secretEnv: the value goes only into the runner's stdin, a secret
-        secret = bool(header_refs(checks))
-        checks = resolve_header_refs(checks, svc.secret_env)
-        if checks:
-            SmokeTest(
-                f"smoke-{name}",
-                spec=SmokeSpec(
-                    name, f"{stack.stack}-{name}", base_url(svc), checks, svc.smoke_deadline, secret=secret
-                ),
-                connection=connection,
-                runners=runners,
-                replaced_with=[containers[name].container.id],
-                opts=pulumi.ResourceOptions(depends_on=everything),
-            )
 
 
 def export_outputs(
@@ -312,8 +211,11 @@ def export_outputs(
     gpu_host: GpuHost | None,
     images: dict[str, CudaImage],
     profile_key: pulumi.Input[str],
+    containers: dict[str, GpuContainer],
+    rollouts: dict[str, Rollout],
 ) -> None:
-    """The stack outputs: `imageTag` is what a rollback goes back to."""
+    """The stack outputs: `imageTag` is what a rollback goes back to, `services` the containers' real names
+    (a zero-downtime copy's is generated), `rollout` how each service rolls and why."""
     config = stack.config
     target = config.target
     assert isinstance(target, DockerTarget)
@@ -336,8 +238,9 @@ def export_outputs(
         )
         pulumi.export("imageTag", main_image.tag)
         pulumi.export("imageRef", main_image.ref)
-    pulumi.export("services", {name: f"{stack.stack}-{name}" for name in services})
+    pulumi.export("services", {name: containers[name].container.name for name in services})
     pulumi.export("startOrder", list(services))
+    pulumi.export("rollout", {name: rollouts[name].as_json() for name in services if name in rollouts})
 
 
 def deploy(stack: ResolvedStack) -> None:
@@ -353,7 +256,11 @@ def deploy(stack: ResolvedStack) -> None:
     # 0. The programs the deploy runs on the host (preflight, smoke runner), in the deploy user's own place.
     runners = HostRunners("runners", stack=stack.stack, connection=connection) if connection else None
 
-    # 1. The GPU host; its preflight names the card when the profile is `auto`.
+    # 1. The GPU host; its preflight names the card when the profile is `auto`. Without root, the plan says
+    # what the deploy leaves to an administrator.
+    user = "the user running pulumi" if target.is_local else target.user
+    if note := left_to_administrator(config.provision, stack.profile, user):
+        pulumi.log.warn(note)
     gpu_host = prove_gpu_host(stack, connection, runners)
     if stack.profile is not None:
         profile = pulumi.Output.from_input(stack.profile)
@@ -379,8 +286,14 @@ def deploy(stack: ResolvedStack) -> None:
     # 4. Images: one per distinct (context, Dockerfile, stage) in use, all with the stack's release tag.
     images = build_images(stack, services, profile, on_host)
 
-    # 5. Jobs and services in dependency order.
-    containers = start_services(
+    # 5. How each service rolls (decided before anything exists), and the proxy for the zero-downtime ones.
+    rollouts = docker_rollouts(stack)
+    proxy = reverse_proxy(stack, services, rollouts, host=host, connection=connection, on_host=on_host)
+
+    # 6. The DCGM exporter (gpu-deploy:dcgm); jobs and services in dependency order (a service's test
+    # job first); a zero-downtime service's route once its copy is up.
+    dcgm_exporter(stack, profile, host=host, gpu_available=gpu_host is not None, on_host=on_host)
+    containers, routes = start_services(
         stack,
         services,
         host=host,
@@ -389,15 +302,28 @@ def deploy(stack: ResolvedStack) -> None:
         directories=directories,
         profile_key=profile_key,
         on_host=on_host,
+        rollouts=rollouts,
+        proxy=proxy,
+        connection=connection,
     )
 
-    # 6. Smoke tests, then the outputs.
-    smoke_test_services(
-        stack,
+    # 7. Smoke tests; then, once all passed, old releases pruned (image.keepReleases); the outputs.
+    smoke_tests = smoke_test_services(
         services,
         containers,
+        routes,
         gpu_available=gpu_host is not None,
         connection=connection,
         runners=runners,
     )
-    export_outputs(stack, services, gpu_host=gpu_host, images=images, profile_key=profile_key)
+    everything = [*containers.values(), *routes.values(), *smoke_tests]
+    prune_releases(stack, images, connection=connection, after=everything)
+    export_outputs(
+        stack,
+        services,
+        gpu_host=gpu_host,
+        images=images,
+        profile_key=profile_key,
+        containers=containers,
+        rollouts=rollouts,
+    )

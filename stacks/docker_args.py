@@ -1,15 +1,17 @@
 """Stack config -> the Docker components' arguments: health checks, build recipes and image names, the
-registry login, the smoke runner's base URL, the Docker provider's SSH options. Pure translation but for
-the key file docker_transport writes."""
+registry login, the smoke runner's base URL, the Docker provider's SSH options, the GPU placement at deploy.
+Pure translation but for the key file docker_transport writes."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pulumi
 
+from components.core.gpu_memory import ZERO_DOWNTIME, BudgetError, Device, Rollout, decide_rollouts, place
 from components.docker.container import HealthcheckSpec
 from components.docker.healthcheck import http_probe
 from components.docker.image import BuildRecipe, RegistryLogin
@@ -26,6 +28,7 @@ from stacks.config import (
     Service,
     StackConfig,
 )
+from stacks.config.budgets import docker_gpu_demands, rollout_facts
 from stacks.config.builds import BUILD, ImageBuild, build_source
 
 DEFAULT_DRIVER_CAPABILITIES = "compute,utility"
@@ -134,6 +137,45 @@ def base_url(svc: Service) -> str:
     port = tcp[0]
     host = port.host_ip if port.host_ip not in ("", "0.0.0.0") else "127.0.0.1"  # noqa: S104 - a bind address
     return f"http://{f'[{host}]' if ':' in host else host}:{port.host_port}"
+
+
+def deploy_placement(
+    config: StackConfig, planned: Mapping[str, Rollout], facts: Mapping[str, Any]
+) -> dict[str, tuple[str, ...]]:
+    """At deploy: every GPU service's devices on the GPUs the host's preflight found (UUIDs and memory),
+    placed by components.core.gpu_memory.place with the plan's demands (stacks/config/budgets.py: a count
+    gets distinct devices, packed by budget). A host with fewer GPUs than target.gpus, budgets that do not
+    fit its cards (a `profile: auto` stack meets its card only now) or a service planned with zero downtime
+    without room for its two copies there fail the deploy with one line."""
+    target = config.target
+    assert isinstance(target, DockerTarget)
+    devices = [Device(str(g["uuid"]), int(g["memory_mib"])) for g in facts.get("gpus") or []]
+    if len(devices) < target.gpus:
+        raise BudgetError(
+            f"the host's preflight found {len(devices)} GPU(s), the stack plans for target.gpus: "
+            f"{target.gpus}: lower target.gpus or deploy to a host with more GPUs"
+        )
+    demands = docker_gpu_demands(config, None)
+    placement = place(demands, devices)
+    decided = decide_rollouts(rollout_facts(config), demands, placement)
+    for name, rollout in planned.items():
+        if rollout.mode == ZERO_DOWNTIME and decided[name].mode != ZERO_DOWNTIME:
+            raise BudgetError(
+                f"service {name} was planned with zero downtime, but on this host it cannot be: "
+                f"{decided[name].why}; set services.{name}.rollout: stop-first or lower its gpuMemory"
+            )
+    return dict(placement.devices_of)
+
+
+def gate_devices(
+    svc: Service, name: str, placement: pulumi.Output[dict[str, tuple[str, ...]]] | None
+) -> pulumi.Input[str]:
+    """gpu-memory-gate.sh's GPU_DEVICES: all, the device ids asked for, or the devices a count was given."""
+    if svc.gpu.mode == "all":
+        return "all"
+    if svc.gpu.mode == "count" and placement is not None:
+        return placement.apply(lambda placed: ",".join(placed[name]))
+    return ",".join(svc.gpu.device_ids)
 
 
 def devices_of(

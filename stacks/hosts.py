@@ -37,4 +37,32 @@ def provisioning(wanted: ProvisionConfig, profile: GpuProfile | None) -> Provisi
         toolkit=wanted.toolkit,
         runtime=wanted.runtime,
         reboot=wanted.reboot,
+        # holding packages needs root: without it the hold is the administrator's (left_to_administrator)
+        driver_hold=wanted.privileges == "root",
+        privileged=wanted.privileges == "root",
+    )
+
+
+def left_to_administrator(wanted: ProvisionConfig, profile: GpuProfile | None, user: str) -> str | None:
+    """What a deploy without root (provision.privileges: unprivileged) leaves to an administrator, as the
+    plan says it (pulumi.log.warn); None when the deploy may use root."""
+    if wanted.privileges == "root":
+        return None
+    tasks: list[str] = []
+    if profile is None or profile.is_gpu:
+        branch = wanted.driver_branch or (profile.driver_branch if profile else None)
+        need = f" {profile.min_driver} or newer" if profile and profile.min_driver else ""
+        tasks += [
+            f"the NVIDIA driver{need}{f' (branch {branch})' if branch else ''} and reboots after its updates",
+            "holding its packages against upgrades (apt-mark hold / dnf versionlock)",
+            "the NVIDIA Container Toolkit",
+            "Docker's nvidia runtime (nvidia-ctk runtime configure --runtime=docker, then a Docker restart)",
+        ]
+    tasks += [
+        f"{user}'s membership in the docker group",
+        f"target.root (or a directory above it) owned by {user}",
+    ]
+    return (
+        f"left to an administrator (provision.privileges: unprivileged): {'; '.join(tasks)}. "
+        f"The deploy only verifies them as {user}, and fails with one line where root would be needed"
     )

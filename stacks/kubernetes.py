@@ -53,6 +53,7 @@ from stacks.config import (
     kubernetes_sharing,
     service_card,
 )
+from stacks.config.budgets import kubernetes_rollouts
 from stacks.config.cards import card_json_of
 from stacks.hosts import provisioning, ssh_target
 from stacks.kubernetes_args import gpu_check_args, smoke_job_args, workload_args
@@ -96,6 +97,7 @@ def provision_nodes(stack: ResolvedStack) -> list[GpuHost]:
                 provisioning=provisioning(stack.config.provision, card),
                 preflight=PreflightRequest(profile=card.key, card=card_json_of(stack.config, card.key)),
                 cuda_image=card.base_image,
+                min_driver=card.min_driver,
             )
         )
     return hosts
@@ -213,6 +215,7 @@ def start_workloads(
     target = config.target
     assert isinstance(target, KubernetesTarget)
     demand = kubernetes_gpu_demand(config)
+    rollouts = kubernetes_rollouts(stack)
     workloads: dict[str, GpuWorkload] = {}
     for name, svc in services.items():
         card = service_card(config, name)
@@ -225,7 +228,7 @@ def start_workloads(
             waits_for.append(checks[card])
         workloads[name] = GpuWorkload(
             name,
-            workload_args(name, svc, target, stack.card(card), sharing),
+            workload_args(name, svc, target, stack.card(card), sharing, rollout=rollouts.get(name)),
             opts=pulumi.ResourceOptions(providers=[cluster_provider], depends_on=waits_for),
         )
     return workloads
@@ -290,6 +293,8 @@ def export_outputs(
             images[f"{name}-cpu"] = svc.cpu_image or svc.image
     pulumi.export("images", images)
     pulumi.export("startOrder", list(services))
+    # how each workload rolls (stacks/config/budgets.py): the mode, why and the expected interruption
+    pulumi.export("rollout", {name: r.as_json() for name, r in kubernetes_rollouts(stack).items()})
 
 
 def deploy(stack: ResolvedStack) -> None:

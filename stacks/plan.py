@@ -4,7 +4,10 @@ It reads `Pulumi.yaml` and `Pulumi.<stack>.yaml` (or `--config-file`) the way th
 config to the runtime, runs `__main__.py`, and records every resource registration exactly as the
 engine would receive it: type, name, parent, inputs (camelCase wire names, secrets as "[secret]",
 values not known until deploy time as "[unknown]") and options (dependsOn, protect,
-deleteBeforeReplace, retainOnDelete, provider).
+deleteBeforeReplace, retainOnDelete, provider; `engine` keeps more for the tests, outside --json).
+The text plan also gets, outside --json, the order in which the program constructed each resource
+(`engine["order"]`: the registrations themselves arrive in no fixed order) and each component's registered
+outputs (`engine["outputs"]`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pulumi
 from pulumi.runtime import MockCallArgs, MockResourceArgs, Mocks
 
 from components.core import wire
@@ -46,6 +50,7 @@ class PlannedResource:
     custom: bool
     inputs: dict[str, Any]
     options: dict[str, Any]
+    engine: dict[str, Any] = field(default_factory=dict)  # more options the engine gets; not in --json
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -113,6 +118,7 @@ class RecordingMonitor(sdk.MockMonitor):
         self.plan = plan
         self.stack_urn = ""
         self.thread_loops: set[asyncio.AbstractEventLoop] = set()
+        self.component_outputs: dict[str, Any] = {}  # urn -> a component's registered outputs
 
     def RegisterResource(self, request: Any) -> Any:
         # The SDK leaves unknown inputs out of what it hands the mocks: tell them which ones they were.
@@ -147,6 +153,12 @@ class RecordingMonitor(sdk.MockMonitor):
                         key: sorted(deps.urns) for key, deps in sorted(request.propertyDependencies.items())
                     },
                 },
+                engine={
+                    # whether deleteBeforeReplace was set at all (an explicit false overrides the provider's
+                    # default: a zero-downtime copy), and replaceOnChanges
+                    "deleteBeforeReplaceDefined": bool(request.deleteBeforeReplaceDefined),
+                    "replaceOnChanges": sorted(request.replaceOnChanges),
+                },
             )
         )
         return response
@@ -154,6 +166,8 @@ class RecordingMonitor(sdk.MockMonitor):
     def RegisterResourceOutputs(self, request: Any) -> Any:
         if request.urn == self.stack_urn:
             self.plan.outputs = plain(sdk.struct_to_dict(request.outputs))
+        else:
+            self.component_outputs[request.urn] = plain(sdk.struct_to_dict(request.outputs))
         return super().RegisterResourceOutputs(request)  # type: ignore[no-untyped-call]
 
 
@@ -163,6 +177,9 @@ DEPLOY_TIME_OUTPUTS: dict[str, tuple[str, ...]] = {
     "command:local:Command": ("stdout", "stderr"),
     "docker:index/container:Container": ("exitCode",),
 }
+# Inputs a provider generates when not given: unknown in the plan too (pulumi-docker auto-names a container
+# without `name`, provider/resources.go SetAutonaming: a zero-downtime copy).
+GENERATED_WHEN_ABSENT: dict[str, tuple[str, ...]] = {"docker:index/container:Container": ("name",)}
 
 
 class _PlanMocks(Mocks):
@@ -182,6 +199,8 @@ class _PlanMocks(Mocks):
             state[key] = wire.UNKNOWN
         for output in DEPLOY_TIME_OUTPUTS.get(args.typ, ()):
             state[output] = wire.UNKNOWN
+        for output in GENERATED_WHEN_ABSENT.get(args.typ, ()):
+            state.setdefault(output, wire.UNKNOWN)
         return mock_id(args.name), state
 
     def call(self, args: MockCallArgs) -> tuple[dict[Any, Any], list[tuple[str, str]] | None]:
@@ -320,7 +339,17 @@ def secret_digests(stack_file: Path) -> dict[str, str]:
     return {path: hashlib.sha256(text.encode()).hexdigest()[:12] for path, text in found.items()}
 
 
-async def _run_in_stack(program: Path) -> None:
+def _record_construction(order: dict[tuple[str, str], int]) -> Any:
+    """A stack transformation that changes nothing and notes each resource's (type, name) in the order the
+    program constructs it: the deploy order the program is written in, the same on every run."""
+
+    def record(args: pulumi.ResourceTransformationArgs) -> None:
+        order.setdefault((args.type_, args.name), len(order))
+
+    return record
+
+
+async def _run_in_stack(program: Path, order: dict[tuple[str, str], int] | None = None) -> None:
     """What `pulumi.runtime.run_in_stack` does, waiting for outputs in linear time.
 
     The SDK's own loop calls `asyncio.wait(FIRST_COMPLETED)` over every pending output each time one
@@ -330,6 +359,8 @@ async def _run_in_stack(program: Path) -> None:
     """
     await sdk.load_monitor_features()
     stack = sdk.new_root_stack()
+    if order is not None:
+        pulumi.runtime.register_stack_transformation(_record_construction(order))
     try:
         runpy.run_path(str(program), run_name="__main__")
     except BaseException:
@@ -360,11 +391,12 @@ async def _settle(*, raise_errors: bool) -> None:
 def execute(plan: Plan, *, project_dir: Path = PROJECT_DIR) -> Plan:
     """Run __main__.py in the prepared runtime; the plan fills as the program registers resources."""
     program = project_dir / "__main__.py"
+    order: dict[tuple[str, str], int] = {}
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
         with _in_directory(project_dir):
-            loop.run_until_complete(_run_in_stack(program))
+            loop.run_until_complete(_run_in_stack(program, order))
     finally:
         # The mock monitor runs in executor threads and makes each an event loop it never closes; left to
         # the garbage collector at interpreter exit, one sometimes fails on already-closed sockets.
@@ -377,6 +409,11 @@ def execute(plan: Plan, *, project_dir: Path = PROJECT_DIR) -> Plan:
         asyncio.set_event_loop(None)
     # Registrations arrive in whatever order the event loop ran them; the plan is stable.
     plan.resources.sort(key=lambda r: r.urn)
+    outputs = getattr(sdk.current_monitor(), "component_outputs", {})
+    for resource in plan.resources:
+        resource.engine["order"] = order.get((resource.type, resource.name), -1)  # -1: the root stack
+        if resource.urn in outputs:
+            resource.engine["outputs"] = outputs[resource.urn]
     return plan
 
 

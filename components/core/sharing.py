@@ -210,7 +210,7 @@ def _setup_problems(
         problems.append(
             Problem(
                 "strategy" if spec.strategy != "none" else "gpu",
-                f"the {card} profile has no GPU: strategy must be none and services must ask for gpu 0 "
+                f"the {card} profile has no GPU: strategy must be none and every service gpu: none "
                 f"(asked for {gpu_requests_total})",
             )
         )
@@ -242,7 +242,8 @@ def _demand_problems(
                 "gpu",
                 f"the services ask for {gpu_requests_total} {spec.resource_name} in all, but a node with "
                 f"{gpus_per_node} x {card} advertises at most {capacity} ({how}); the extra pods would stay "
-                f"Pending. Raise {words['replicas']}, add GPUs or run a service with gpu 0",
+                f"Pending. Raise {words['replicas']}, add GPUs, or run a service without one (runOn: cpu "
+                f"where it has a CPU fallback, else gpu: none)",
             )
         )
     for name, count in mig_requests.items():

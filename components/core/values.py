@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Literal
@@ -206,28 +205,6 @@ def parse_host_key(text: str) -> HostKey:
     if len(point) != HOST_KEY_TYPES[key_type] or (key_type.startswith("ecdsa-") and point[:1] != b"\x04"):
         raise ValueError(f"the key data is not a {key_type} public key ({len(point)}-byte key)")
     return HostKey(key_type, blob)
-
-
-# ---------------------------------------------------------------- GPU placement on a Docker host
-def place_gpu_counts(counts: Mapping[str, int], devices: Sequence[str]) -> dict[str, tuple[str, ...]]:
-    """Distinct devices for services that ask for a count of GPUs, in the order given (start order).
-
-    Docker turns a bare count into the first N GPU indexes (moby daemon/nvidia_linux.go, countToDevices),
-    so on a host with several GPUs every `gpu: 1` service would land on GPU 0. Here each service takes the
-    next free devices; only when the counts add up to more GPUs than the host has do services share, from
-    the first device on again. Raises ValueError when one service asks for more GPUs than exist.
-    """
-    placed: dict[str, tuple[str, ...]] = {}
-    cursor = 0
-    for name, count in counts.items():
-        if count > len(devices):
-            raise ValueError(
-                f"service {name} asks for {count} GPU{'s' if count > 1 else ''}, the host's preflight found "
-                f"{len(devices)}: lower services.{name}.gpu or deploy to a host with more GPUs"
-            )
-        placed[name] = tuple(devices[(cursor + i) % len(devices)] for i in range(count))
-        cursor = (cursor + count) % len(devices)
-    return placed
 
 
 # ---------------------------------------------------------------- host paths a stack may touch

@@ -62,3 +62,22 @@ DEVICE_PLUGIN_CHART_VERSION = "0.17.1"
 DCGM_REPO = "https://nvidia.github.io/dcgm-exporter/helm-charts"
 DCGM_CHART = "dcgm-exporter"
 DCGM_CHART_VERSION = "4.1.3"
+# The Docker host's DCGM exporter (components/docker/dcgm.py), by tag: DCGM 4.5.2, exporter 4.8.1, the tag
+# public repositories pin. Not the chart's 4.1.3 image (4.2.3-4.1.3): that entrypoint runs `ldconfig` and
+# `setcap`, which need root; from 4.8 the entrypoint only execs the exporter, which runs as uid 1000 for
+# the basic metrics. No registry is reachable here to check a digest: a stack pins one with
+# `dcgm.image: nvcr.io/nvidia/k8s/dcgm-exporter:4.5.2-4.8.1-ubuntu22.04@sha256:...`.
+DCGM_EXPORTER_IMAGE = "nvcr.io/nvidia/k8s/dcgm-exporter:4.5.2-4.8.1-ubuntu22.04"
+DCGM_EXPORTER_COUNTERS = "/etc/gpu-deploy/dcgm-counters.csv"  # the counters file uploaded into it
+
+
+# --- The stack's reverse proxy (components/docker/proxy.py, components/host/scripts/proxy-routes.sh) --------
+# Caddy 2.10.2 on Alpine, by tag and digest. The digest is the one many independent public repositories pin
+# for this tag; no registry was reachable to re-check it when it was written here.
+PROXY_IMAGE = "caddy:2.10.2-alpine@sha256:4c6e91c6ed0e2fa03efd5b44747b625fec79bc9cd06ac5235a779726618e530d"
+PROXY_CONFIG = "/etc/caddy/Caddyfile"  # the main Caddyfile, uploaded into the proxy container
+# Paths inside the proxy container, whose /tmp only Caddy uses (it runs as nobody with nothing else to write).
+PROXY_ROUTES_DIR = "/tmp/gpu-deploy-routes"  # noqa: S108 - one <service>.caddy per zero-downtime service
+PROXY_ADMIN = "localhost:2019"  # Caddy's admin endpoint, inside the proxy container only
+PROXY_CADDY = "/tmp/caddy"  # noqa: S108 - the copy of caddy the proxy runs (components/docker/proxy.py)
+LABEL_GATE = "io.gpu-deploy.gpu-memory-gate"  # the gate run a stop-first GPU container was started after

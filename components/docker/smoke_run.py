@@ -6,7 +6,8 @@ published port and inside its container, with the checks on stdin (request heade
 line), a deadline and retries while the model warms up. A failed check fails `pulumi up` with the runner's
 one line: the check, and the response it got with secret-looking values masked. Exit codes: 1 missing tool,
 2 timeout, 3 malformed response, 4 expected file absent, 5 GPU check failed.
-It runs again whenever the container it tests is replaced.
+It runs again whenever the container it tests is replaced. The container's name may be known only once it
+exists (a zero-downtime copy is auto-named): the command line waits for it.
 """
 
 from __future__ import annotations
@@ -29,17 +30,26 @@ from components.remote.runners import HostRunners
 @dataclass(frozen=True)
 class SmokeSpec:
     service: str
-    container_name: str
+    container_name: pulumi.Input[str]
     base_url: str
     checks: Sequence[dict[str, Any]]
     deadline_s: int = 180
     interval_s: int = 2
     secret: bool = False  # the checks carry a credential (a header from secretEnv): stdin is a secret
 
-    def arguments(self) -> list[str]:
+    @property
+    def in_container(self) -> bool:
+        """Whether a check runs inside the container (`file`, `gpu`: docker exec): only then does the
+        command line name it, so an HTTP-only check list of a zero-downtime copy stays known in the plan."""
+        return any("file" in check or "gpu" in check for check in self.checks)
+
+    def arguments(self) -> pulumi.Output[list[str]]:
         """The checks go in on stdin (`-`): a header from secretEnv never reaches a command line."""
-        return smoke.command_arguments(
-            self.base_url, "-", self.deadline_s, self.interval_s, container=self.container_name
+        container = self.container_name if self.in_container else None
+        return pulumi.Output.from_input(container).apply(
+            lambda name: smoke.command_arguments(
+                self.base_url, "-", self.deadline_s, self.interval_s, container=name
+            )
         )
 
 
@@ -64,7 +74,9 @@ class SmokeTest(pulumi.ComponentResource):
             # The machine running Pulumi is the Docker host: run the runner from this checkout.
             run: command.local.Command | command.remote.Command = command.local.Command(
                 f"{name}-run",
-                create=shlex.join(["python3", os.path.relpath(SMOKE_RUNNER), *spec.arguments()]),
+                create=spec.arguments().apply(
+                    lambda args: shlex.join(["python3", os.path.relpath(SMOKE_RUNNER), *args])
+                ),
                 stdin=checks,
                 triggers=list(replaced_with),
                 opts=child_options(self, opts),
@@ -73,7 +85,7 @@ class SmokeTest(pulumi.ComponentResource):
             run = command.remote.Command(
                 f"{name}-run",
                 connection=connection,
-                create=runners.command("smoke.py", spec.arguments()),
+                create=spec.arguments().apply(lambda args: runners.command("smoke.py", args)),
                 stdin=checks,
                 triggers=list(replaced_with),
                 opts=child_options(self, opts, after=runners.copies),

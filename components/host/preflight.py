@@ -24,6 +24,14 @@ The driver: below the profile's required driver (components/core/cuda.py ``Drive
 minor-version compatibility floor when the wheels carry machine code for the card, else the toolkit's own
 minimum) fails with exit 6; below the advised one (the toolkit's own minimum) passes with a warning.
 
+Driver drift (a GPU profile only): the driver replaced under the running one fails with exit 9, one line
+that says what to do: the loaded kernel module (/proc/driver/nvidia/version) is not the installed NVML
+library's version (libnvidia-ml.so.<version>; NVML itself then fails with NVML_ERROR_LIB_RM_VERSION_MISMATCH,
+nvidia-smi's "Driver/library version mismatch"): reboot, or reinstall the loaded version's packages; or a
+reboot is pending for the driver (/var/run/reboot-required with an NVIDIA package in reboot-required.pkgs,
+or DKMS holding only another version than the loaded module, as after a dnf update): reboot. Files are read
+under HOST_ROOT (tests only), as the host scripts do.
+
 Exit codes (with several problems, the lowest code wins; stderr gets exactly one line on failure):
 
 ====  ======================================================================================
@@ -37,6 +45,8 @@ Exit codes (with several problems, the lowest code wins; stderr gets exactly one
 6     driver older than the profile's required driver (or ``--min-driver``)
 7     MIG required but off, pending a reset, or the card has no MIG
 8     an NVML query failed after nvmlInit
+9     driver drift: the loaded kernel module differs from the installed library, or a reboot
+      is pending for the driver (reboot, or reinstall the loaded version's packages)
 ====  ======================================================================================
 
 ``--json`` prints exactly one object on stdout, failures included::
@@ -47,7 +57,9 @@ Exit codes (with several problems, the lowest code wins; stderr gets exactly one
      "problems": ["..."],
      "card": {"key": "h100", "display_name": "NVIDIA H100", "nvml_names": ["..."],
               "compute_capability": [9, 0], "memory_mib": 81559, "mig_capable": true,
-              "mig_profiles": {"1g.10gb": 7, ...}, "k8s_sharing": "none"} | null}
+              "mig_profiles": {"1g.10gb": 7, ...}, "k8s_sharing": "none"} | null,
+     "driver_files": {"loaded_module": "580.65.06" | null, "nvml_libraries": ["580.65.06"],
+                      "dkms_modules": ["580.65.06"], "reboot_required_by": ["nvidia-dkms-580-server"]}}
 
 ``profile`` is null only when no profile could be picked (a card no supported CUDA serves, a CUDA override
 the card cannot run). ``card`` is the picked GPU profile's card (null for cpu or none): the deploy rebuilds
@@ -88,7 +100,7 @@ MEMORY_TOLERANCE = 0.10  # a card's NVML total may differ from the catalog's fig
 def detect_profile(facts: HostFacts) -> tuple[catalog.GpuProfile | None, list[Problem], list[str]]:
     """`--profile auto`: (profile or None, problems, warnings)."""
     if facts.nvml_failure is not None and not facts.no_driver:
-        return None, [facts.nvml_failure], []
+        return None, nvml_facts.drift_problems(facts) or [facts.nvml_failure], []
     if facts.no_driver or not facts.gpus:
         why = facts.nvml_failure.message if facts.nvml_failure else "NVML finds no GPU"
         return catalog.PROFILES["cpu"], [], [f"--profile auto resolves to cpu: {why}"]
@@ -216,8 +228,11 @@ def check(
     """
     if not profile.is_gpu:
         return _mig_problems(facts, profile) if require_mig else []
+    drift = nvml_facts.drift_problems(facts)
     if facts.nvml_failure is not None:
-        return [facts.nvml_failure]
+        if facts.nvml_failure.code == ExitCode.DRIVER_DRIFT:
+            return drift
+        return [facts.nvml_failure, *drift]
     if not facts.gpus:
         message = f"no GPU found: NVML sees 0 devices, profile {profile.key} needs a {profile.display_name}"
         return [Problem(ExitCode.NO_GPU, message)]
@@ -231,6 +246,7 @@ def check(
     problems.extend(_driver_problems(facts.driver, profile, min_driver))
     if require_mig:
         problems.extend(_mig_problems(facts, profile))
+    problems.extend(drift)
     return problems
 
 
@@ -261,6 +277,7 @@ def facts_json(
         ],
         "problems": [problem.message for problem in problems],
         "card": card,
+        "driver_files": dataclasses.asdict(facts.files),
     }
 
 
@@ -286,6 +303,10 @@ def facts_lines(facts: HostFacts) -> list[str]:
         lines.append(f"GPU {gpu.index}: {gpu.name} ({gpu.uuid})")
         cc = gpu.cc_text or "unknown"
         lines.append(f"  memory {gpu.memory_mib} MiB, compute capability {cc}, {_mig_text(gpu.mig)}")
+    files = facts.files
+    if files.loaded_module or files.nvml_libraries:
+        libraries = ", ".join(files.nvml_libraries) or "not found"
+        lines.append(f"kernel module {files.loaded_module or 'not loaded'}, NVML library {libraries}")
     return lines
 
 
@@ -367,6 +388,7 @@ def run(args: argparse.Namespace) -> Outcome:
     """Inspect the host and check it against the profile the parsed arguments name."""
     nvml = nvml_facts.load_nvml()
     facts = HostFacts(nvml_failure=nvml) if isinstance(nvml, Problem) else nvml_facts.inspect_host(nvml)
+    facts = dataclasses.replace(facts, files=nvml_facts.read_driver_files(nvml_facts.host_root()))
     auto = args.profile == "auto"
     profile: catalog.GpuProfile | Problem | None
     warnings: list[str]

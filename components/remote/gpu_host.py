@@ -40,6 +40,33 @@ class Provisioning:
     toolkit: Action
     runtime: Literal["docker", "containerd", "microk8s"]
     reboot: Literal["never", "if-needed"]
+    # hold the driver packages at the installed versions (apt-mark hold / dnf versionlock), so that
+    # unattended upgrades cannot replace them under running containers; off for a host whose packages
+    # an administrator manages
+    driver_hold: bool = True
+    # False (provision.privileges: unprivileged): the steps run as the deploy user only, never through
+    # sudo: they verify and change nothing (PRIVILEGES=unprivileged, components/host/scripts/common.sh)
+    privileged: bool = True
+
+    def plan_notes(self, min_driver: str | None) -> dict[str, str]:
+        """What the plan says of the host steps: the driver the host needs, and when Docker (or the
+        cluster's runtime) may be restarted (configure-runtime.sh)."""
+        driver = f"{min_driver} or newer" if min_driver else "the detected card's minimum (profile auto)"
+        name = {"docker": "Docker", "containerd": "containerd", "microk8s": "MicroK8s"}[self.runtime]
+        if self.toolkit == "skip":
+            restart = f"{name} is not touched (toolkit: skip)"
+        elif not self.privileged:
+            restart = f"{name} is never restarted (unprivileged: its nvidia runtime is only verified)"
+        elif self.runtime == "docker":
+            restart = (
+                "Docker is restarted only if /etc/docker/daemon.json changes, or the running dockerd lacks "
+                "the nvidia runtime or started before the toolkit's hook"
+            )
+        elif self.runtime == "containerd":
+            restart = "containerd is restarted only if /etc/containerd/config.toml changes"
+        else:
+            restart = "MicroK8s is restarted only if the nvidia runtime is added to its containerd template"
+        return {"minDriver": driver, "restart": restart}
 
 
 @dataclass(frozen=True)
@@ -80,10 +107,13 @@ class GpuHost(pulumi.ComponentResource):
         # the card's CUDA base image for the GPU container check: known now for a named card; for `auto`
         # a function of the preflight's JSON report (the card it found)
         cuda_image: str | Callable[[Mapping[str, Any]], str],
+        # the driver the card needs with the stack's CUDA (GpuProfile.min_driver); None: known at deploy
+        min_driver: str | None = None,
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         super().__init__("gpu-deploy:host:GpuHost", name, None, opts)
         self._name = name
+        self._privileges = {} if provisioning.privileged else {"PRIVILEGES": "unprivileged"}
         self._connection = connection
         self._runners = runners
         self._opts = opts
@@ -99,6 +129,7 @@ class GpuHost(pulumi.ComponentResource):
                         "DRIVER_BRANCH": provisioning.driver_branch,
                         "KERNEL_MODULES": provisioning.kernel_modules,
                         "REBOOT": provisioning.reboot,
+                        "DRIVER_HOLD": "yes" if provisioning.driver_hold else "no",
                     },
                     previous,
                 )
@@ -128,7 +159,14 @@ class GpuHost(pulumi.ComponentResource):
         )
         verify = self._script("verify", "verify-gpu", verify_env, previous)
         self.ready = verify.stdout.apply(lambda _: "verified")
-        self.register_outputs({"facts": self.facts, "profile": self.profile, "ready": self.ready})
+        self.register_outputs(
+            {
+                "facts": self.facts,
+                "profile": self.profile,
+                "ready": self.ready,
+                "plan": provisioning.plan_notes(min_driver),
+            }
+        )
 
     def _script(
         self,
@@ -137,7 +175,10 @@ class GpuHost(pulumi.ComponentResource):
         env: pulumi.Input[dict[str, str]],
         after: list[pulumi.Resource],
     ) -> command.local.Command | command.remote.Command:
-        create = pulumi.Output.from_input(env).apply(host_scripts.command_line)
+        privileges = self._privileges
+        create = pulumi.Output.from_input(env).apply(
+            lambda env: host_scripts.command_line({**env, **privileges})
+        )
         return self._command(step, create, host_scripts.script(script), after)
 
     def _preflight(

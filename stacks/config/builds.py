@@ -74,11 +74,12 @@ def image_builds(config: StackConfig, names: Iterable[str] | None = None) -> lis
     if image is None or not builders:
         return []
     sources = {name: build_source(svc, image) for name, svc in builders.items()}
-    # over every service, enabled or not: stopping one (enabled: false) changes no other image
+    # over every service, enabled or not: stopping one (enabled: false) changes no other image; a GPU
+    # service switched to the CPU (runOn: cpu) without a cpuImage runs its GPU image, which stays as it was
     gpu_dockerfiles = {
         build_source(svc, image)[:2]
         for svc in config.services.values()
-        if svc.image == BUILD and svc.gpu.wants_gpu
+        if svc.image == BUILD and (svc.gpu.wants_gpu or (svc.run_on == "cpu" and svc.cpu_image is None))
     }
     grouped: dict[tuple[str, str, str | None], list[str]] = {}
     for name, source in sources.items():

@@ -8,6 +8,7 @@ import ipaddress
 import math
 import os
 import re
+from fractions import Fraction
 from pathlib import PurePosixPath
 from typing import Annotated, Any, Literal
 
@@ -311,7 +312,81 @@ def no_secret_build_args(args: dict[str, str]) -> dict[str, str]:
     return args
 
 
+MAX_CPUS = 1024  # more than any host has; the engine checks the host's own count at create
+
+
+def go_cpus_text(nanos: int) -> str:
+    """How terraform-provider-docker reads NanoCPUs back into `cpus` (v4.5.0 internal/provider/helpers.go
+    nanoInt64ToDecimalString: 9 decimals, one when the text has nine zeros, else trailing zeros cut)."""
+    whole, frac = divmod(nanos, 10**9)
+    text = f"{whole}.{frac:09d}"
+    if text.count("0") == 9:  # big.Rat FloatString(1): halves rounded away from zero
+        tenths = (nanos + 5 * 10**7) // 10**8
+        return f"{tenths // 10}.{tenths % 10}"
+    return text.rstrip("0")
+
+
+def parse_cpus(value: Any) -> str:
+    """A CPU limit, compose-style ("1.5", 2): at least 0.01, at most MAX_CPUS, to the nanosecond; returned
+    in the text the provider reads back, so a second `pulumi up` sees no change (see go_cpus_text)."""
+    text = str(value).strip() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"\d+(\.\d+)?", text):
+        raise ValueError(f'expected a number of CPUs such as "1.5" or 2, got {quote(value)}')
+    cpus = Fraction(text)
+    if cpus < Fraction(1, 100) or cpus > MAX_CPUS:
+        raise ValueError(f"expected between 0.01 and {MAX_CPUS} CPUs, got {text}")
+    nanos = cpus * 10**9
+    if nanos.denominator != 1:
+        raise ValueError(f"at most 9 decimal places (Docker counts nano-CPUs), got {text}")
+    read_back = go_cpus_text(int(nanos))
+    if Fraction(read_back) != cpus:
+        raise ValueError(
+            f"terraform-provider-docker reads {text} back as {read_back} and would replace the container on "
+            "every update: use a value with another last digit"
+        )
+    return read_back
+
+
+# go-units ulimit.go ulimitNameMapping: the names Docker takes
+ULIMIT_NAMES = (
+    "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss",
+    "rtprio", "rttime", "sigpending", "stack",
+)  # fmt: skip
+_MAX_ULIMIT = 2**62
+
+
+def parse_ulimit(value: Any) -> tuple[int, int]:
+    """A ulimit, compose-style: one number (soft = hard) or {soft, hard}; -1 is unlimited."""
+    if isinstance(value, dict) and set(value) == {"soft", "hard"}:
+        soft, hard = value["soft"], value["hard"]
+    elif isinstance(value, (int, str)) and not isinstance(value, dict):
+        soft = hard = value
+    else:
+        raise ValueError(f"expected a number (-1: unlimited) or {{soft, hard}}, got {quote(value)}")
+    limits = []
+    for limit in (soft, hard):
+        if isinstance(limit, bool) or not re.fullmatch(r"-?\d+", str(limit).strip()):
+            raise ValueError(f"expected whole numbers (-1: unlimited), got {quote(value)}")
+        number = int(str(limit).strip())
+        if number < -1 or number > _MAX_ULIMIT:
+            raise ValueError(f"expected -1 (unlimited) or 0 to {_MAX_ULIMIT}, got {number}")
+        limits.append(number)
+    soft_n, hard_n = limits
+    if hard_n != -1 and (soft_n == -1 or soft_n > hard_n):
+        raise ValueError(f"the soft limit ({soft_n}) is above the hard limit ({hard_n})")
+    return (soft_n, hard_n)
+
+
+def parse_ulimit_name(value: Any) -> str:
+    if value not in ULIMIT_NAMES:
+        raise ValueError(f"not a ulimit Docker sets (one of {', '.join(ULIMIT_NAMES)})")
+    return str(value)
+
+
 GpuField = Annotated[GpuRequest, BeforeValidator(parse_gpu)]
+CpusField = Annotated[str, BeforeValidator(parse_cpus)]
+UlimitField = Annotated[tuple[int, int], BeforeValidator(parse_ulimit)]
+UlimitName = Annotated[str, BeforeValidator(parse_ulimit_name)]
 RootDir = Annotated[str, BeforeValidator(parse_root)]
 PortField = Annotated[PortMapping, BeforeValidator(parse_port)]
 VolumeField = Annotated[VolumeMount, BeforeValidator(parse_volume)]

@@ -36,19 +36,24 @@ class ResolvedStack:
 
     def start_order(self) -> list[str]:
         """Enabled services, each after what it depends on (ties in declaration order)."""
-        services = {n: s for n, s in self.config.services.items() if s.enabled}
-        order: list[str] = []
+        return start_order(self.config)
 
-        def place(name: str) -> None:
-            if name in order:
-                return
-            for dep in services[name].depends_on:
-                place(dep)
-            order.append(name)
 
-        for name in services:
-            place(name)
-        return order
+def start_order(config: StackConfig) -> list[str]:
+    """Enabled services, each after what it depends on (ties in declaration order)."""
+    services = {n: s for n, s in config.services.items() if s.enabled}
+    order: list[str] = []
+
+    def place(name: str) -> None:
+        if name in order:
+            return
+        for dep in services[name].depends_on:
+            place(dep)
+        order.append(name)
+
+    for name in services:
+        place(name)
+    return order
 
 
 def resolve_profile(
@@ -95,6 +100,10 @@ def resolve_profile(
             "the open modules need Turing or newer",
         )
     check_image_matrices(config, profile)
+    if key == "auto":  # a named card's budgets were checked with the stack (stacks/config/stack.py)
+        from stacks.config.budgets import check_budgets  # noqa: PLC0415 (budgets imports this module)
+
+        check_budgets(config, profile)
     return profile, warnings
 
 

@@ -27,6 +27,7 @@ from stacks.config.cards import card_profile
 from stacks.config.errors import KeyedError, quote
 from stacks.config.fields import alias
 from stacks.config.resolution import kubernetes_gpu_demand, kubernetes_sharing, service_card
+from stacks.config.rules_docker import DOCKER_SERVICE_KEYS
 from stacks.config.sections import GpuOperatorConfig, GpuSharingConfig, KubernetesTarget
 from stacks.config.service import Service, header_refs
 
@@ -104,6 +105,9 @@ def _check_kubernetes_service(name: str, svc: Service, target: KubernetesTarget)
     key = f"services.{name}"
     if name.endswith("-"):
         raise KeyedError(key, "a Kubernetes object name ends with a letter or digit")
+    for field in DOCKER_SERVICE_KEYS:
+        if field in svc.model_fields_set:
+            raise KeyedError(f"{key}.{alias(Service, field)}", "a docker setting; target.kind is kubernetes")
     for field, image in (("image", svc.image), ("cpuImage", svc.cpu_image)):
         if image == "build":
             raise KeyedError(f"{key}.{field}", _NO_BUILD)
@@ -153,6 +157,8 @@ def _check_kubernetes_service(name: str, svc: Service, target: KubernetesTarget)
             raise KeyedError(f"{key}.storage.{claim}", f"no volume {claim}:... in {key}.volumes")
     if svc.one_shot:
         raise KeyedError(f"{key}.oneShot", "one-shot jobs are not supported on kubernetes yet")
+    if svc.test is not None:
+        raise KeyedError(f"{key}.test", "a Docker host setting (a test job before the container is replaced)")
     if "restart" in svc.model_fields_set and svc.restart not in ("always", "unless-stopped"):
         raise KeyedError(f"{key}.restart", "the pods of a Deployment always restart; remove restart")
     if svc.memory is None:

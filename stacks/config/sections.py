@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_validator
 from components.core.vocabulary import DCGM_CHART_VERSION, DEVICE_PLUGIN_CHART_VERSION, OPERATOR_CHART_VERSION
 from stacks.config.errors import KeyedError
 from stacks.config.fields import (
+    MAX_GPUS,
     ChartVersion,
     ContextField,
     DockerfileField,
@@ -64,6 +65,9 @@ class ImageConfig(Model):
     tag: Annotated[str, Field(pattern=r"^$|^[\w][\w.-]{0,127}$")] = ""
     registry: RegistryConfig | None = None
     app_uid: int = Field(default=1001, ge=1)
+    # past releases kept on the host for a rollback (prune-releases.sh after each successful deploy; what
+    # runs or is pinned is always kept); None: every release is kept
+    keep_releases: int | None = Field(default=None, ge=1, le=1000)
 
     @field_validator("build_args")
     @classmethod
@@ -99,6 +103,9 @@ class DockerTarget(Model):
     ssh_key: str | None = None  # private key (a Pulumi secret); the agent is used without it
     bastion: Bastion | None = None
     root: RootDir | None = None  # where relative bind sources live on the host
+    # the GPUs the plan assumes the host has (budgets and placement); the deploy uses the preflight's list
+    # and fails when the host has fewer
+    gpus: int = Field(default=1, ge=1, le=MAX_GPUS)
 
     @property
     def is_local(self) -> bool:
@@ -192,3 +199,29 @@ class ProvisionConfig(Model):
     toolkit: Literal["install", "verify", "skip"] = "verify"
     runtime: Literal["docker", "containerd", "microk8s"] = "docker"
     reboot: Literal["never", "if-needed"] = "never"
+    # root: the steps may run as root (root, or passwordless `sudo -n`); unprivileged: the deploy user
+    # only uses Docker (a shared machine's student account): the host steps verify, change nothing
+    privileges: Literal["root", "unprivileged"] = "root"
+
+    @model_validator(mode="after")
+    def _unprivileged_only_verifies(self) -> ProvisionConfig:
+        if self.privileges == "root":
+            return self
+        for key, action in (("driver", self.driver), ("toolkit", self.toolkit)):
+            if action == "install":
+                raise KeyedError(
+                    key,
+                    f'"install" needs root, and provision.privileges is unprivileged: use "verify" '
+                    f"(an administrator installs the {'NVIDIA driver' if key == 'driver' else 'toolkit'})",
+                )
+        if self.runtime != "docker":
+            raise KeyedError(
+                "runtime",
+                f"{self.runtime} needs root for its GPU check (ctr), and provision.privileges is "
+                "unprivileged: only a Docker host can be deployed without root",
+            )
+        if self.reboot != "never":
+            raise KeyedError(
+                "reboot", '"if-needed" needs root, and provision.privileges is unprivileged: use "never"'
+            )
+        return self

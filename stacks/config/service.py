@@ -18,6 +18,7 @@ from components.host import smoke_checklist
 from stacks.config.errors import KeyedError
 from stacks.config.fields import (
     ContextField,
+    CpusField,
     DockerfileField,
     DurationField,
     EnvName,
@@ -28,6 +29,8 @@ from stacks.config.fields import (
     PortField,
     Quantity,
     SizeField,
+    UlimitField,
+    UlimitName,
     UserField,
     VolumeField,
     no_secret_build_args,
@@ -82,6 +85,7 @@ def smoke_checks(checks: list[dict[str, Any]], *, gpu: bool) -> list[dict[str, A
 
 
 DependencyCondition = Literal["started", "healthy", "completed"]
+RolloutMode = Literal["auto", "zero-downtime", "stop-first"]  # components.core.gpu_memory.ROLLOUT_MODES
 
 
 class BuildOverride(Model):
@@ -101,6 +105,49 @@ class BuildOverride(Model):
         return no_secret_build_args(args)
 
 
+class Requirements(Model):
+    """What a service cannot start without (the P40 write-up's `npm run verify-env`): the plan refuses a
+    stack where one is not set (or set empty), naming each."""
+
+    env: list[EnvName] = Field(default_factory=list)
+    secret_env: list[EnvName] = Field(default_factory=list)
+
+
+# the IPC namespace (Docker HostConfig.IpcMode; `container:<name>` is not offered: it ties two services'
+# lifetimes). host: the host's shared memory, semaphores and message queues: a relaxation (see rules_docker)
+IpcMode = Literal["private", "shareable", "host", "none"]
+
+
+class ServiceTest(Model):
+    """`services.<name>.test`: a one-shot job of the freshly built image (or of a test stage or Dockerfile
+    of the service's source) on the host with the service's GPU, env and read-only volumes; the service's
+    container, and the gate that stops its old copy, start only once it exits 0 (stacks/docker_tests.py)."""
+
+    command: list[str] | str
+    target: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] | None = None  # a build stage
+    dockerfile: DockerfileField | None = None  # another Dockerfile of the service's context
+    timeout: DurationField = 600  # killed past this (`timeout -k 10`): exit 124 fails the deploy
+    gpu_memory: SizeField | None = None  # its budget beside the running copy; None: the service's
+
+    @field_validator("command")
+    @classmethod
+    def _command_not_empty(cls, value: list[str] | str) -> list[str] | str:
+        if not (value.strip() if isinstance(value, str) else value):
+            raise ValueError('expected the test command, e.g. ["pytest", "tests/"]')
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_bounds(cls, value: int) -> int:
+        if not 10 <= value <= 24 * 3600:
+            raise ValueError(f"expected 10s to 24h, got {value}s")
+        return value
+
+    @property
+    def command_list(self) -> list[str]:
+        return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+
+
 class Service(Model):
     image: ImageRefField
     build: BuildOverride | None = None
@@ -116,8 +163,21 @@ class Service(Model):
     healthcheck: Healthcheck | None = None
     depends_on: dict[str, DependencyCondition] = Field(default_factory=dict)
     one_shot: bool = False
+    # GPU memory budgets (stacks/config/budgets.py): the most this service's copy holds on each GPU it is
+    # given ("20GiB", "8192m"); None: the whole device. `rollout`: how a changed copy replaces the old one
+    # (auto: zero downtime where two copies fit, else the old copy stops first).
+    gpu_memory: SizeField | None = None
+    rollout: RolloutMode = "auto"
+    test: ServiceTest | None = None  # Docker: a GPU test job before the running copy is touched
     enabled: bool = True
     restart: Literal["no", "on-failure", "always", "unless-stopped"] = "unless-stopped"
+    requires: Requirements = Requirements()  # env / secretEnv names the service cannot start without
+    # Docker only (DOCKER_SERVICE_KEYS, refused on kubernetes), compose's keys:
+    entrypoint: list[str] | str | None = None  # the image's ENTRYPOINT replaced
+    cpus: CpusField | None = None  # a CPU limit, "1.5": at most that many CPUs' time
+    ulimits: dict[UlimitName, UlimitField] = Field(default_factory=dict)  # {memlock: -1, stack: 67108864}
+    ipc: IpcMode | None = None  # the IPC namespace; None: the engine's default (private or shareable)
+    cpu_build: BuildOverride | None = None  # runOn: cpu with a built CPU image: its build (a stage)
     # Kubernetes only (KUBERNETES_SERVICE_KEYS; refused on a Docker target):
     replicas: int = Field(default=1, ge=0, le=1000)  # pods of the service
     cpu: Annotated[str, Field(pattern=r"^(\d+(\.\d+)?|\d+m)$")] | None = None  # CPU request: "2", "500m"
@@ -157,6 +217,68 @@ class Service(Model):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _budget_and_rollout(self) -> Service:
+        """gpuMemory is a GPU's budget; a forced zero downtime needs what moves the traffic over; a job has
+        no rollout (it runs once)."""
+        if self.gpu_memory is not None and not self.gpu.wants_gpu:
+            raise KeyedError("gpuMemory", "a GPU memory budget needs a GPU; this service has gpu: none")
+        if self.gpu_memory is not None and self.gpu.uses_mig:
+            raise KeyedError(
+                "gpuMemory",
+                "a MIG instance's memory is fixed by its profile; gpuMemory budgets whole GPUs "
+                "(gpu: all, a count or GPU indexes)",
+            )
+        if "rollout" in self.model_fields_set and self.one_shot:
+            raise KeyedError("rollout", "a one-shot job runs once: it has no rollout (remove rollout)")
+        if self.rollout == "zero-downtime":
+            if self.healthcheck is None or self.healthcheck.http is None:
+                raise KeyedError(
+                    "rollout",
+                    "zero-downtime needs an HTTP health check (healthcheck.http): the traffic moves to the "
+                    "new copy once it passes",
+                )
+            if not any(port.protocol == "tcp" for port in self.ports):
+                raise KeyedError(
+                    "rollout",
+                    "zero-downtime needs published TCP ports (ports): their traffic is what moves to the "
+                    "new copy",
+                )
+            if self.gpu.uses_mig:
+                raise KeyedError(
+                    "rollout",
+                    "zero-downtime needs room for two copies, which the plan cannot check on MIG "
+                    "instances: use stop-first or auto",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _test_job(self) -> Service:
+        """A test job runs before the running copy is touched, so beside it on its GPU: it needs the
+        running copy's budget (gpuMemory) to know the room is there; a stage or Dockerfile of its own is
+        built from the service's source."""
+        test = self.test
+        if test is None:
+            return self
+        if self.one_shot:
+            raise KeyedError("test", "a one-shot job has no test job: it runs once itself (remove test)")
+        for field, value in (("target", test.target), ("dockerfile", test.dockerfile)):
+            if value is not None and self.image != "build":
+                raise KeyedError(
+                    f"test.{field}",
+                    f'a test stage is built from the service\'s source: needs image: "build" (image is '
+                    f"{self.image})",
+                )
+        if test.gpu_memory is not None and not self.gpu.wants_gpu:
+            raise KeyedError("test.gpuMemory", "a GPU memory budget needs a GPU; this service has gpu: none")
+        if self.gpu.wants_gpu and self.gpu_memory is None:
+            raise KeyedError(
+                "test",
+                "the test job runs on this service's GPU while the running copy still holds it, which "
+                "without gpuMemory takes the whole device: set gpuMemory",
+            )
+        return self
+
     @field_validator("depends_on", mode="before")
     @classmethod
     def _depends_list(cls, value: Any) -> Any:
@@ -182,6 +304,24 @@ class Service(Model):
         if self.command is None:
             return None
         return shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_not_empty(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if value is not None and not (shlex.split(value) if isinstance(value, str) else value):
+            raise ValueError("an empty entrypoint keeps the image's: remove the key, or name the program")
+        return value
+
+    @property
+    def entrypoint_list(self) -> list[str] | None:
+        if self.entrypoint is None:
+            return None
+        return shlex.split(self.entrypoint) if isinstance(self.entrypoint, str) else list(self.entrypoint)
+
+    def missing_requirements(self) -> list[str]:
+        """`env.NAME` / `secretEnv.NAME` for each required name not set (an empty plain value is not set)."""
+        missing = [f"env.{n}" for n in self.requires.env if not self.env.get(n)]
+        return missing + [f"secretEnv.{n}" for n in self.requires.secret_env if n not in self.secret_env]
 
     @property
     def effective_restart(self) -> str:

@@ -10,9 +10,11 @@ from typing import Annotated, Any
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from components.core.catalog import PROFILES
+from stacks.config.budgets import check_budgets
 from stacks.config.cards import CardConfig, CardKey, card_keys, own_profiles
 from stacks.config.errors import ConfigError, KeyedError, quote, translate
 from stacks.config.fields import Model, Name
+from stacks.config.metrics import DcgmConfig, check_dcgm
 from stacks.config.rules_docker import check_docker
 from stacks.config.rules_kubernetes import check_kubernetes, check_kubernetes_gpus
 from stacks.config.sections import (
@@ -42,6 +44,7 @@ class StackConfig(Model):
         default_factory=dict
     )  # kubernetes only: GPU nodes provisioned over SSH
     services: dict[Name, Service]
+    dcgm: DcgmConfig | None = None  # docker: the host's DCGM exporter (metrics.py)
 
     @field_validator("services")
     @classmethod
@@ -90,11 +93,18 @@ class StackConfig(Model):
                 and self.target.root is None
             ):
                 raise KeyedError(f"{key}.volumes", "relative host paths need target.root")
+            missing = svc.missing_requirements() if svc.enabled else []
+            if missing:
+                raise KeyedError(f"{key}.requires", _missing_text(key, missing))
             if any("http" in check for check in svc.smoke) and not svc.ports:
                 raise KeyedError(f"{key}.smoke", "HTTP smoke checks need a published port (ports)")
             if svc.one_shot and svc.smoke:
                 raise KeyedError(
                     f"{key}.smoke", "a one-shot job has nothing to smoke-test once it has exited"
+                )
+            if svc.test is not None and f"{name}-test" in self.services:
+                raise KeyedError(
+                    f"{key}.test", f"its job is named {name}-test, as another service is: rename that service"
                 )
             if svc.one_shot and svc.healthcheck is not None:
                 raise KeyedError(
@@ -124,7 +134,21 @@ class StackConfig(Model):
                     )
         if isinstance(self.target, KubernetesTarget):
             check_kubernetes_gpus(self)
+        check_dcgm(self)
+        try:  # last: the budgets need every GPU request and the sharing setup valid
+            check_budgets(self)
+        except ConfigError as err:
+            raise KeyedError(err.key, err.problem) from None
         return self
+
+
+def _missing_text(key: str, missing: list[str]) -> str:
+    """One line naming each missing required key and the command that sets it."""
+    sets = [
+        f"pulumi config set {'--secret ' if name.startswith('secretEnv.') else ''}--path '{key}.{name}' VALUE"
+        for name in missing
+    ]
+    return f"not set: {', '.join(missing)}; set {'them' if len(missing) > 1 else 'it'}: {'; '.join(sets)}"
 
 
 def _unknown_card(key: str, allowed: list[str], config: StackConfig) -> str:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import copy
 import http.server
+import io
 import json
 import re
 import shutil
 import socketserver
+import tarfile
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -23,6 +25,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from components.docker.proxy import main_caddyfile
 from stacks.plan import Plan
 from tests.plans import ShippedPlan, containers, labels_of
 from tests.real.engine_api import (
@@ -57,11 +60,13 @@ def substitute_for(path: str) -> Any:
     return "substituted"
 
 
-def mapped(inputs: dict[str, Any]) -> EngineCreate:
-    """Map with a substitute for every placeholder, and a stand-in image where the plan has none."""
+def mapped(inputs: dict[str, Any], logical_name: str = "app") -> EngineCreate:
+    """Map with a substitute for every placeholder, and a stand-in image where the plan has none;
+    `logical_name` names a container the plan leaves to pulumi-docker's autonaming (the prod app, a
+    zero-downtime copy, whose inputs most tests here edit)."""
     substitutes = {path: substitute_for(path) for path in placeholder_paths(inputs) if path != "image"}
     image = STAND_IN_IMAGE if inputs.get("image", "[unknown]") in ("[unknown]", "[secret]") else None
-    return create_body(inputs, image_override=image, substitutes=substitutes)
+    return create_body(inputs, image_override=image, substitutes=substitutes, logical_name=logical_name)
 
 
 def seconds_ns(text: str) -> int:
@@ -81,10 +86,18 @@ def test_every_planned_container_maps_to_the_engine_body(plans: dict[str, Plan],
     assert planned, f"{stack} plans no Container"
     for name, resource in planned.items():
         inputs = resource.inputs
-        create = mapped(inputs)
+        create = mapped(inputs, name)
         body, host, where = create.body, create.host_config, f"{stack}/{name}"
 
-        assert create.name == inputs["name"], where
+        if "name" in inputs:
+            assert create.name == inputs["name"] and not create.auto_named, where
+        else:  # a zero-downtime copy: pulumi-docker's autonaming, `<logical name>-<7 hex>`
+            assert create.auto_named and re.fullmatch(rf"{re.escape(name)}-[0-9a-f]{{7}}", create.name), where
+        copy = create.auto_named
+        proxy = name == "proxy"
+        # the stack's reverse proxy is the one container without a service label
+        service = "io.gpu-deploy.service" in labels_of(resource)
+        assert service is not proxy, f"{where}: a service carries its label, the proxy none"
         planned_image = inputs.get("image", "[unknown]")
         assert body["Image"] == (STAND_IN_IMAGE if planned_image == "[unknown]" else planned_image), where
         # Non-root numeric user, all capabilities dropped, no privilege escalation.
@@ -162,8 +175,13 @@ def test_every_planned_container_maps_to_the_engine_body(plans: dict[str, Plan],
         assert body["NetworkingConfig"] == {"EndpointsConfig": None}, where
         assert host["NetworkMode"] == "bridge", where
         assert create.disconnect_bridge, where
-        assert create.aliases == {n["name"]: n["aliases"] for n in inputs["networksAdvanced"]}, where
-        assert create.aliases[inputs["networksAdvanced"][0]["name"]] == [name], where
+        assert create.aliases == {n["name"]: n.get("aliases", []) for n in inputs["networksAdvanced"]}, where
+        # the service's alias; a copy has none, the proxy carries its zero-downtime services' aliases
+        planned_aliases = inputs["networksAdvanced"][0].get("aliases", [])
+        expected_aliases = [] if copy else ([name] if service else planned_aliases)
+        assert create.aliases[inputs["networksAdvanced"][0]["name"]] == expected_aliases, where
+        if copy:
+            assert "PortBindings" not in host and "ExposedPorts" not in body, f"{where}: the proxy's ports"
         # Restart, logs, labels, env, command.
         assert host["RestartPolicy"] == {"Name": inputs["restart"], "MaximumRetryCount": 0}, where
         assert host["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}}, (
@@ -173,19 +191,30 @@ def test_every_planned_container_maps_to_the_engine_body(plans: dict[str, Plan],
             k: ("substituted" if v == "[unknown]" else v) for k, v in labels_of(resource).items()
         }
         assert body["Labels"] == substituted_labels, where
-        assert body["Labels"]["io.gpu-deploy.service"] == name, where
+        assert body["Labels"].get("io.gpu-deploy.service") == (name if service else None), where
         assert body.get("Env") == (inputs.get("envs") or None), where  # an empty set: not sent
         assert body.get("Cmd") == (inputs.get("command") or None), where
         # Client behaviour, not Engine API fields.
         for key in ("wait", "waitTimeout", "attach", "logs", "mustRun"):
             assert key not in body and key not in host, where
         assert create.start is True, where
-        assert create.wait_healthy is inputs["wait"], where
+        assert create.wait_healthy is inputs.get("wait", False), where
         assert create.wait_timeout_s == inputs.get("waitTimeout", 60), where
-        assert create.attach is inputs["attach"], where
-        assert create.capture_logs is (inputs["attach"] and inputs["logs"]), where
+        assert create.attach is inputs.get("attach", False), where
+        assert create.capture_logs is (inputs.get("attach", False) and inputs.get("logs", False)), where
         assert create.must_run is inputs["mustRun"], where
-        if inputs["attach"]:  # a one-shot job: no restart, not kept running, not waited healthy
+        # destroyGraceSeconds: the provider's stop timeout at delete, no Engine API field
+        assert "destroyGraceSeconds" not in body and create.destroy_grace_s == inputs.get(
+            "destroyGraceSeconds", 0
+        )
+        if copy or proxy:
+            assert create.destroy_grace_s > 0, f"{where}: stopped gracefully, not killed, when replaced"
+        # sysctls: HostConfig.Sysctls; uploads: files put in before the start
+        assert host.get("Sysctls") == (inputs.get("sysctls") or None), where
+        assert [(u.file, u.content.decode(), u.mode) for u in create.uploads] == [
+            (u["file"], u["content"], 0o644) for u in inputs.get("uploads", [])
+        ], where
+        if inputs.get("attach"):  # a one-shot job: no restart, not kept running, not waited healthy
             assert host["RestartPolicy"]["Name"] == "no", where
             assert not create.must_run and not create.wait_healthy, where
         # The body is JSON as it goes on the wire.
@@ -201,8 +230,19 @@ def test_the_prod_app_body_pinned(plans: dict[str, Plan]) -> None:
     assert host["DeviceRequests"] == [
         {"Driver": "nvidia", "Count": -1, "DeviceIDs": [], "Capabilities": [["gpu"]], "Options": {}}
     ]
-    assert host["PortBindings"] == {"3000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "3000"}]}
-    assert create.body["ExposedPorts"] == {"3000/tcp": {}}
+    # a zero-downtime copy: auto-named, no published port, no alias; the proxy owns both
+    assert re.fullmatch(r"app-[0-9a-f]{7}", create.name) and create.name != mapped(app.inputs).name
+    assert "PortBindings" not in host and "ExposedPorts" not in create.body
+    assert create.destroy_grace_s == 30
+    proxy = mapped(containers(plans["prod"])["proxy"].inputs, "proxy")
+    assert proxy.name == "prod-proxy" and not proxy.auto_named
+    assert proxy.host_config["PortBindings"] == {"3000/tcp": [{"HostIp": "0.0.0.0", "HostPort": "3000"}]}
+    assert proxy.body["ExposedPorts"] == {"3000/tcp": {}}
+    assert proxy.host_config["Sysctls"] == {"net.ipv4.ip_unprivileged_port_start": "0"}
+    assert proxy.aliases == {"gpu-deploy-prod": ["app"]}
+    (upload,) = proxy.uploads
+    assert (upload.file, upload.mode) == ("/etc/caddy/Caddyfile", 0o644)
+    assert b"import /tmp/gpu-deploy-routes/*.caddy" in upload.content
     health = create.body["Healthcheck"]
     assert (health["Interval"], health["Timeout"], health["StartPeriod"], health["Retries"]) == (
         30_000_000_000,
@@ -212,7 +252,7 @@ def test_the_prod_app_body_pinned(plans: dict[str, Plan]) -> None:
     )
     assert create.networks[0].network == "gpu-deploy-prod"
     assert create.networks[0].endpoint_config == {
-        "Aliases": ["app"],
+        "Aliases": [],
         "IPAMConfig": {},
         "MacAddress": "",
         "DriverOpts": {},
@@ -293,8 +333,8 @@ def test_a_pulumi_input_without_a_rule_is_an_error_naming_it(app_inputs: dict[st
     with pytest.raises(MappingError, match=r"^gpus: a pulumi-docker Container input that .* does not map"):
         mapped(app_inputs)
     del app_inputs["gpus"]
-    app_inputs["ulimits"] = [{"name": "nofile", "soft": 1024, "hard": 2048}]
-    with pytest.raises(MappingError, match=r"^ulimits: "):
+    app_inputs["pidMode"] = "host"
+    with pytest.raises(MappingError, match=r"^pidMode: "):
         mapped(app_inputs)
 
 
@@ -302,7 +342,10 @@ def test_a_pulumi_input_without_a_rule_is_an_error_naming_it(app_inputs: dict[st
     ("edit", "named"),
     [
         (lambda i: i["healthcheck"].update(test=["CMD", "true"]), "healthcheck.test"),  # the TF name
-        (lambda i: i["ports"][0].update(hostPort=1), "ports[0].hostPort"),
+        (
+            lambda i: i.update(ports=[{"internal": 3000, "external": 3000, "hostPort": 1}]),
+            "ports[0].hostPort",
+        ),
         (lambda i: i["mounts"][1].update(consistency="cached"), "mounts[1].consistency"),
         (lambda i: i["deviceRequests"][0].update(gpus=1), "deviceRequests[0].gpus"),
         (lambda i: i["capabilities"].update(drop=["ALL"]), "capabilities.drop"),
@@ -321,20 +364,22 @@ def test_an_unknown_nested_key_is_an_error_naming_its_path(
 def test_a_placeholder_without_substitute_is_an_error(app_inputs: dict[str, Any]) -> None:
     assert placeholder_paths(app_inputs) == ["labels[4].value"]
     with pytest.raises(MappingError, match=re.escape("labels[4].value: the plan has [unknown] here")):
-        create_body(app_inputs)
+        create_body(app_inputs, logical_name="app")
     app_inputs["envs"].append("[secret]")
     with pytest.raises(MappingError, match=re.escape("envs[6]: the plan has [secret] here (a secret)")):
-        create_body(app_inputs, substitutes={"labels[4].value": "ok"})
-    create = create_body(app_inputs, substitutes={"labels[4].value": "ok", "envs[6]": "JWT_SECRET=s3cret"})
+        create_body(app_inputs, logical_name="app", substitutes={"labels[4].value": "ok"})
+    create = create_body(
+        app_inputs, logical_name="app", substitutes={"labels[4].value": "ok", "envs[6]": "JWT_SECRET=s3cret"}
+    )
     assert create.body["Env"][-1] == "JWT_SECRET=s3cret"
     app_inputs["image"] = "[unknown]"
     with pytest.raises(MappingError, match=re.escape("image: the plan has [unknown] here")):
-        create_body(app_inputs, substitutes={"labels[4].value": "ok", "envs[6]": "A=b"})
+        create_body(app_inputs, logical_name="app", substitutes={"labels[4].value": "ok", "envs[6]": "A=b"})
 
 
 def test_a_substitute_for_a_path_without_placeholder_is_an_error(app_inputs: dict[str, Any]) -> None:
     with pytest.raises(MappingError, match=re.escape("substitutes: user: no placeholder")):
-        create_body(app_inputs, substitutes={"labels[4].value": "ok", "user": "0:0"})
+        create_body(app_inputs, logical_name="app", substitutes={"labels[4].value": "ok", "user": "0:0"})
 
 
 @pytest.mark.parametrize(
@@ -367,12 +412,15 @@ def test_bad_healthcheck_durations_and_wait_without_healthcheck(app_inputs: dict
 
 def test_duplicate_labels_and_a_single_network_name_for_many_networks(app_inputs: dict[str, Any]) -> None:
     app_inputs["labels"].append({"label": "io.gpu-deploy.stack", "value": "other"})
-    with pytest.raises(MappingError, match=re.escape("labels[5].label: 'io.gpu-deploy.stack' appears twice")):
+    duplicate = f"labels[{len(app_inputs['labels']) - 1}].label: 'io.gpu-deploy.stack' appears twice"
+    with pytest.raises(MappingError, match=re.escape(duplicate)):
         mapped(app_inputs)
     app_inputs["labels"].pop()
     app_inputs["networksAdvanced"].append({"name": "second", "aliases": ["x"]})
     with pytest.raises(MappingError, match="network_name_override: a single name needs exactly one"):
-        create_body(app_inputs, network_name_override="n", substitutes={"labels[4].value": "ok"})
+        create_body(
+            app_inputs, logical_name="app", network_name_override="n", substitutes={"labels[4].value": "ok"}
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -550,7 +598,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _handle(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
-        body = json.loads(self.rfile.read(length)) if length else None
+        data = self.rfile.read(length) if length else b""
+        tar = self.headers.get("Content-Type") == "application/x-tar"
+        body = data if tar else json.loads(data) if data else None
         _Engine.requests_seen.append((self.command, self.path, body))
         if self.path == "/version":
             self._answer(200, {"ApiVersion": "1.41"})
@@ -565,7 +615,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._answer(204 if self.command != "GET" else 200, None if self.command != "GET" else {})
 
-    do_GET = do_POST = do_DELETE = _handle
+    do_GET = do_POST = do_DELETE = do_PUT = _handle
 
 
 @pytest.fixture
@@ -591,9 +641,10 @@ def test_create_and_start_sends_the_provider_requests_in_order(
     create = mapped(app_inputs)
     assert create_and_start(engine, create) == "abc123"
     seen = [(method, path) for method, path, _ in _Engine.requests_seen]
+    assert re.fullmatch(r"app-[0-9a-f]{7}", create.name), "the zero-downtime copy: auto-named"
     assert seen == [
         ("GET", "/version"),
-        ("POST", "/v1.41/containers/create?name=prod-app"),
+        ("POST", f"/v1.41/containers/create?name={create.name}"),
         ("POST", "/v1.41/networks/bridge/disconnect"),
         ("POST", "/v1.41/networks/gpu-deploy-prod/connect"),
         ("POST", "/v1.41/containers/abc123/start"),
@@ -601,7 +652,68 @@ def test_create_and_start_sends_the_provider_requests_in_order(
     bodies = [body for _, _, body in _Engine.requests_seen]
     assert bodies[1] == create.body
     assert bodies[2] == {"Container": "abc123", "Force": False}
-    assert bodies[3]["EndpointConfig"]["Aliases"] == ["app"]
+    assert bodies[3]["EndpointConfig"]["Aliases"] == [], "the proxy carries the alias"
+
+
+def test_uploads_go_in_after_the_networks_and_before_the_start(engine: str, plans: dict[str, Plan]) -> None:
+    """FUNCS resourceDockerContainerCreate: NetworkConnect, then for each upload a one-file tar through
+    CopyToContainer(id, "/"), then ContainerStart. The prod proxy's main Caddyfile, as the engine gets it."""
+    create = mapped(containers(plans["prod"])["proxy"].inputs, "proxy")
+    assert create_and_start(engine, create) == "abc123"
+    seen = [(method, path) for method, path, _ in _Engine.requests_seen]
+    assert seen[1:] == [
+        ("POST", "/v1.41/containers/create?name=prod-proxy"),
+        ("POST", "/v1.41/networks/bridge/disconnect"),
+        ("POST", "/v1.41/networks/gpu-deploy-prod/connect"),
+        ("PUT", "/v1.41/containers/abc123/archive?path=%2F"),
+        ("POST", "/v1.41/containers/abc123/start"),
+    ]
+    assert _Engine.requests_seen[1][2]["HostConfig"]["Sysctls"] == {
+        "net.ipv4.ip_unprivileged_port_start": "0"
+    }
+    with tarfile.open(fileobj=io.BytesIO(_Engine.requests_seen[4][2])) as archive:
+        (member,) = archive.getmembers()
+        extracted = archive.extractfile(member)
+        assert extracted is not None
+        assert (member.name, member.mode, extracted.read().decode()) == (
+            "/etc/caddy/Caddyfile",
+            0o644,
+            main_caddyfile(),
+        )
+
+
+@pytest.mark.parametrize(
+    ("upload", "expected"),
+    [
+        ({"file": "/a", "content": "x"}, (b"x", 0o644)),
+        ({"file": "/a", "content": "x", "executable": True}, (b"x", 0o744)),
+        ({"file": "/a", "content": "x", "executable": True, "permissions": "0600"}, (b"x", 0o600)),
+        ({"file": "/a", "contentBase64": "AAE="}, (b"\x00\x01", 0o644)),
+        ({"file": "/a"}, "one of 'content', 'content_base64', or 'source' must be set"),
+        ({"file": "/a", "content": "x", "contentBase64": "eA=="}, "only one of"),
+        ({"file": "/a", "content": "x", "permissions": "644"}, "uploads[0].permissions"),
+        ({"content": "x"}, "uploads[0].file: required"),
+        ({"file": "/a", "content": "x", "mode": "0644"}, "uploads[0].mode"),
+    ],
+)
+def test_upload_rules(upload: dict[str, Any], expected: Any) -> None:
+    inputs = {"name": "c", "image": "i", "uploads": [upload]}
+    if isinstance(expected, str):
+        with pytest.raises(MappingError, match=re.escape(expected)):
+            create_body(inputs)
+        return
+    (mapped_upload,) = create_body(inputs).uploads
+    assert (mapped_upload.content, mapped_upload.mode) == expected
+
+
+def test_a_container_without_name_needs_its_logical_name() -> None:
+    with pytest.raises(MappingError, match="pulumi-docker auto-names the container"):
+        create_body({"image": "i"})
+    names = {create_body({"image": "i"}, logical_name="app").name for _ in range(5)}
+    assert all(re.fullmatch(r"app-[0-9a-f]{7}", n) for n in names) and len(names) > 1, (
+        "a fresh name each time"
+    )
+    assert create_body({"name": "fixed", "image": "i"}, logical_name="app").name == "fixed"
 
 
 def test_the_engines_refusal_is_raised_verbatim(engine: str, app_inputs: dict[str, Any]) -> None:

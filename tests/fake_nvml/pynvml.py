@@ -8,7 +8,8 @@ Put this folder first on sys.path (or PYTHONPATH for a subprocess) and describe 
                "temperature": 35, "power_mw": 50000}]}
 
 `"library": "missing"` (or no variable at all) behaves like a host without the driver: nvmlInit raises
-NVMLError_LibraryNotFound. `"mig": null` means the card does not support MIG (NotSupported);
+NVMLError_LibraryNotFound. `"lib_rm_mismatch": true` behaves like a host whose driver packages were replaced
+under the loaded kernel module: nvmlInit raises NVMLError_LibRmVersionMismatch (18). `"mig": null` means the card does not support MIG (NotSupported);
 `[current, pending]` gives the mode. Names come back as `str`, or as `bytes` with `"bytes_names": true`
 (older bindings did that). Only the calls the project uses exist, with the real signatures.
 """
@@ -28,6 +29,7 @@ NVML_ERROR_INVALID_ARGUMENT = 2
 NVML_ERROR_NOT_SUPPORTED = 3
 NVML_ERROR_DRIVER_NOT_LOADED = 9
 NVML_ERROR_LIBRARY_NOT_FOUND = 12
+NVML_ERROR_LIB_RM_VERSION_MISMATCH = 18
 
 
 class NVMLError(Exception):
@@ -42,6 +44,7 @@ class NVMLError(Exception):
             NVML_ERROR_NOT_SUPPORTED: "Not Supported",
             NVML_ERROR_DRIVER_NOT_LOADED: "Driver Not Loaded",
             NVML_ERROR_LIBRARY_NOT_FOUND: "NVML Shared Library Not Found",
+            NVML_ERROR_LIB_RM_VERSION_MISMATCH: "RM has detected an NVML/RM version mismatch.",
         }.get(self.value, f"NVML Error with code {self.value}")
 
 
@@ -63,6 +66,11 @@ class NVMLError_DriverNotLoaded(NVMLError):
 class NVMLError_LibraryNotFound(NVMLError):
     def __init__(self) -> None:
         super().__init__(NVML_ERROR_LIBRARY_NOT_FOUND)
+
+
+class NVMLError_LibRmVersionMismatch(NVMLError):
+    def __init__(self) -> None:
+        super().__init__(NVML_ERROR_LIB_RM_VERSION_MISMATCH)
 
 
 class c_nvmlMemory_t:
@@ -106,6 +114,8 @@ def nvmlInit() -> None:
         raise NVMLError_LibraryNotFound()
     if machine.get("driver_loaded") is False:
         raise NVMLError_DriverNotLoaded()
+    if machine.get("lib_rm_mismatch"):
+        raise NVMLError_LibRmVersionMismatch()
     _state["machine"] = machine
     _state["initialised"] = True
 

@@ -31,6 +31,16 @@ NO_DRIVER = "no NVIDIA driver: NVML library not found (install the driver, or us
 CARDS = [pytest.param(key, card, id=name) for key, name, card in BY_PROFILE]
 
 
+@pytest.fixture(autouse=True)
+def fake_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty HOST_ROOT for every test (in-process and the subprocesses, which inherit it), so that the
+    driver files of the machine running the tests never leak in; a test fills it to describe a host."""
+    root = tmp_path / "host-root"
+    root.mkdir()
+    monkeypatch.setenv("HOST_ROOT", str(root))
+    return root
+
+
 def cli(
     *args: str, machine: dict[str, Any] | None, cwd: Path = REPO, pythonpath: str | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -161,6 +171,12 @@ def test_missing_nvml_library_json() -> None:
         "gpus": [],
         "problems": [NO_DRIVER],
         "card": catalog.card_json(PROFILES["a2"]),
+        "driver_files": {
+            "loaded_module": None,
+            "nvml_libraries": [],
+            "dkms_modules": [],
+            "reboot_required_by": [],
+        },
     }
     one_error_line(result.stderr)
 
@@ -210,6 +226,7 @@ def test_exit_codes_are_distinct_and_documented() -> None:
         "DRIVER_TOO_OLD": 6,
         "MIG": 7,
         "NVML_ERROR": 8,
+        "DRIVER_DRIFT": 9,
     }
     documented = re.findall(r"^(\d)  ", preflight.__doc__ or "", flags=re.MULTILINE)
     assert documented == [str(int(code)) for code in ExitCode]
@@ -490,6 +507,204 @@ def test_an_unexpected_error_is_one_line(fake_nvml, capsys, monkeypatch) -> None
     code, _, err = run_main(capsys, "--profile", "p40")
     assert code == ExitCode.INTERNAL
     assert one_error_line(err) == "FAIL (exit 1): preflight crashed: KeyError('boom')"
+
+
+# --- driver drift: a driver replaced under the running one ---------------------------------------------
+
+PROPRIETARY = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  {}  Sun Jul 27 07:09:25 UTC 2025\nGCC version:  gcc 12.3.0\n"
+OPEN = (
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  {}  Release Build  "
+    "(dvs-builder@U22-I3-AM02-24-3)  Sun Jul 27 06:54:41 UTC 2025\nGCC version:  gcc version 13.3.0\n"
+)
+MISMATCH = (
+    "driver/library version mismatch: the loaded NVIDIA kernel module is 580.65.06 but the installed library "
+    "is libnvidia-ml.so.580.82.07 (the driver packages were replaced under the running driver); reboot the "
+    "host to load the installed driver, or reinstall the 580.65.06 driver packages; then run pulumi up "
+    "again, which holds them"
+)
+UBUNTU_LIBS = "usr/lib/x86_64-linux-gnu"
+
+
+def driver_files(
+    root: Path,
+    loaded: str | None = None,
+    libraries: tuple[str, ...] = (),
+    *,
+    libdir: str = UBUNTU_LIBS,
+    template: str = PROPRIETARY,
+    dkms: tuple[str, ...] = (),
+    reboot_for: tuple[str, ...] | None = None,
+) -> None:
+    """Describe the host's driver files under the fake root."""
+    if loaded is not None:
+        (root / "proc/driver/nvidia").mkdir(parents=True, exist_ok=True)
+        (root / "proc/driver/nvidia/version").write_text(template.format(loaded))
+    (root / libdir).mkdir(parents=True, exist_ok=True)
+    for version in libraries:
+        (root / libdir / f"libnvidia-ml.so.{version}").touch()
+    if libraries:
+        (root / libdir / "libnvidia-ml.so.1").touch()  # the SONAME link is no version
+    for version in dkms:
+        (root / "var/lib/dkms/nvidia" / version / "source").mkdir(parents=True)
+    if dkms:
+        (root / "var/lib/dkms/nvidia/kernel-5.14.0-427.el9.x86_64-x86_64").mkdir()
+    if reboot_for is not None:
+        (root / "var/run").mkdir(parents=True, exist_ok=True)
+        (root / "var/run/reboot-required").write_text("*** System restart required ***\n")
+        (root / "var/run/reboot-required.pkgs").write_text("".join(f"{p}\n" for p in reboot_for))
+
+
+@pytest.mark.parametrize("template", [PROPRIETARY, OPEN], ids=["proprietary", "open"])
+def test_driver_library_mismatch_fails_with_what_to_do(fake_root: Path, template: str) -> None:
+    """The classic: unattended-upgrades replaced the library under the loaded module; NVML refuses
+    (NVML_ERROR_LIB_RM_VERSION_MISMATCH) and the files say which versions."""
+    driver_files(fake_root, "580.65.06", ("580.82.07",), template=template)
+    result = repo_cli("--profile", "a4000", "--json", machine={"lib_rm_mismatch": True})
+    assert result.returncode == 9 and ExitCode.DRIVER_DRIFT.value == 9
+    assert one_error_line(result.stderr) == f"FAIL (exit 9): {MISMATCH}"
+    report = json.loads(result.stdout)
+    assert (report["ok"], report["driver"], report["gpus"], report["problems"]) == (
+        False,
+        None,
+        [],
+        [MISMATCH],
+    )
+    assert report["driver_files"] == {
+        "loaded_module": "580.65.06",
+        "nvml_libraries": ["580.82.07"],
+        "dkms_modules": [],
+        "reboot_required_by": [],
+    }
+
+
+def test_mismatch_when_nvml_only_says_so(fake_nvml, capsys) -> None:
+    """No readable module or library files (a container, say): NVML's own error, still exit 9."""
+    fake_nvml({"lib_rm_mismatch": True})
+    code, out, err = run_main(capsys, "--profile", "p40")
+    assert (code, out) == (ExitCode.DRIVER_DRIFT, "")
+    assert one_error_line(err) == (
+        "FAIL (exit 9): driver/library version mismatch: nvmlInit failed: RM has detected an NVML/RM version "
+        "mismatch. (the NVIDIA driver packages were replaced under the loaded kernel module); reboot the host "
+        "to load the installed driver, or reinstall the driver packages of the loaded module; then run pulumi "
+        "up again"
+    )
+
+
+def test_mismatch_from_the_files_alone(fake_nvml, capsys, fake_root: Path) -> None:
+    """NVML answering (an NVML loaded before the packages changed) does not hide what the files say."""
+    driver_files(fake_root, "580.65.06", ("580.82.07",), libdir="usr/lib64")
+    fake_nvml(host(P40))
+    code, out, err = run_main(capsys, "--profile", "p40")
+    assert code == ExitCode.DRIVER_DRIFT
+    assert one_error_line(err) == f"FAIL (exit 9): {MISMATCH}"
+    assert "kernel module 580.65.06, NVML library 580.82.07" in out.splitlines()
+
+
+def test_auto_with_a_mismatch_fails_instead_of_falling_back_to_cpu(fake_root: Path) -> None:
+    driver_files(fake_root, "580.65.06", ("580.82.07",))
+    result = repo_cli("--profile", "auto", "--json", machine={"lib_rm_mismatch": True})
+    assert result.returncode == ExitCode.DRIVER_DRIFT
+    assert json.loads(result.stdout)["profile"] is None
+    assert one_error_line(result.stderr) == f"FAIL (exit 9): {MISMATCH}"
+
+
+def test_pending_reboot_for_an_nvidia_package(fake_nvml, capsys, fake_root: Path) -> None:
+    driver_files(
+        fake_root,
+        "580.65.06",
+        ("580.65.06",),
+        reboot_for=("linux-image-6.8.0-60-generic", "nvidia-dkms-580-server", "libnvidia-compute-580-server"),
+    )
+    fake_nvml(host(A4000))
+    code, out, err = run_main(capsys, "--profile", "a4000", "--json")
+    assert code == ExitCode.DRIVER_DRIFT
+    message = (
+        "a reboot is pending for the NVIDIA driver (reboot-required lists nvidia-dkms-580-server, "
+        "libnvidia-compute-580-server): until then the running kernel module (580.65.06) may not be the "
+        "installed one; reboot the host, then run pulumi up again"
+    )
+    assert one_error_line(err) == f"FAIL (exit 9): {message}"
+    report = json.loads(out)
+    assert report["problems"] == [message]
+    assert report["driver_files"]["reboot_required_by"] == [
+        "nvidia-dkms-580-server",
+        "libnvidia-compute-580-server",
+    ]
+
+
+@pytest.mark.parametrize(
+    "packages",
+    [("linux-image-6.8.0-60-generic", "nvidia-container-toolkit"), None],
+    ids=["other-packages", "no-reboot-required"],
+)
+def test_a_reboot_for_other_packages_is_not_the_drivers(
+    fake_nvml, capsys, fake_root: Path, packages: tuple[str, ...] | None
+) -> None:
+    driver_files(fake_root, "580.65.06", ("580.65.06",), dkms=("580.65.06",), reboot_for=packages)
+    if packages is None:  # reboot-required.pkgs alone, without the flag file, is stale
+        (fake_root / "var/run").mkdir(parents=True)
+        (fake_root / "var/run/reboot-required.pkgs").write_text("nvidia-dkms-580-server\n")
+    fake_nvml(host(A4000))
+    code, out, err = run_main(capsys, "--profile", "a4000")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-2] == "kernel module 580.65.06, NVML library 580.65.06"
+
+
+def test_pending_reboot_after_a_dkms_update(fake_nvml, capsys, fake_root: Path) -> None:
+    """dnf (or apt) updated the DKMS module under the loaded one; the library is where this host keeps
+    it, outside the folders read."""
+    driver_files(fake_root, "580.65.06", (), libdir="usr/lib64", dkms=("580.82.07",))
+    fake_nvml(host(A4000))
+    code, _, err = run_main(capsys, "--profile", "a4000")
+    assert code == ExitCode.DRIVER_DRIFT
+    assert one_error_line(err) == (
+        "FAIL (exit 9): a reboot is pending for the NVIDIA driver: the loaded kernel module is 580.65.06 "
+        "but DKMS holds 580.82.07; reboot the host to load it, then run pulumi up again"
+    )
+
+
+def test_the_lowest_code_wins_over_drift(fake_nvml, capsys, fake_root: Path) -> None:
+    driver_files(fake_root, "580.65.06", ("580.65.06",), reboot_for=("nvidia-dkms-580-server",))
+    fake_nvml(host(A4000))
+    code, _, err = run_main(capsys, "--profile", "p40")
+    assert code == ExitCode.GPU_MISMATCH
+    line = one_error_line(err)
+    assert line.startswith("FAIL (exit 5): GPU 0 is a 'NVIDIA RTX A4000', not a Tesla P40")
+    assert line.endswith("; reboot the host, then run pulumi up again")
+
+
+def test_the_cpu_profile_ignores_drift(fake_nvml, capsys, fake_root: Path) -> None:
+    driver_files(fake_root, "580.65.06", ("580.82.07",))
+    fake_nvml({"lib_rm_mismatch": True})
+    code, _, err = run_main(capsys, "--profile", "cpu")
+    assert (code, err) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("text", "version"),
+    [
+        (PROPRIETARY.format("550.54.14"), "550.54.14"),
+        (OPEN.format("570.86.15"), "570.86.15"),
+        (OPEN.replace("x86_64", "aarch64").format("580.65.06"), "580.65.06"),
+        ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  390.157\n", "390.157"),
+        ("GCC version:  gcc version 12.3.0\n", None),
+        ("", None),
+    ],
+)
+def test_loaded_module_version(text: str, version: str | None) -> None:
+    assert nvml_facts.loaded_module_version(text) == version
+
+
+def test_driver_files_unreadable_or_absent_are_left_out(tmp_path: Path) -> None:
+    assert nvml_facts.read_driver_files(str(tmp_path / "nowhere")) == nvml_facts.DriverFiles()
+
+
+def test_bundle_reports_drift_standalone(tmp_path: Path, fake_root: Path) -> None:
+    write_bundle(tmp_path, fake=True)
+    driver_files(fake_root, "580.65.06", ("580.82.07",))
+    result = cli("-S", "preflight.py", "--profile", "a2", machine={"lib_rm_mismatch": True}, cwd=tmp_path)
+    assert result.returncode == ExitCode.DRIVER_DRIFT
+    assert one_error_line(result.stderr) == f"FAIL (exit 9): {MISMATCH}"
 
 
 # --- check() on its own ----------------------------------------------------------------------------------

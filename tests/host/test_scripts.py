@@ -97,14 +97,57 @@ exit 0
 if [ "${1:-}" = install ]; then
   for p in "$@"; do case "$p" in -*|install) ;; *) touch "$STATE/pkg-$p" ;; esac; done
 fi
+if [ "${1:-}" = --version ]; then echo "${STUB_DNF_VERSION:-4.14.0}"; fi
+if [ "${1:-}" = versionlock ]; then  # dnf 4's plugin: name-epoch:version-release.* lines
+  [ "${STUB_VERSIONLOCK_FAIL:-0}" = 1 ] && { echo "Error: No such command: versionlock" >&2; exit 1; }
+  lock="$HOST_ROOT/etc/dnf/plugins/versionlock.list"; mkdir -p "${lock%/*}"; touch "$lock"
+  action="$2"; shift 2
+  for spec in "$@"; do
+    case "$action" in
+      add) rel="${spec##*-}"; rest="${spec%-*}"; echo "Adding versionlock on: ${rest%-*}-3:${rest##*-}-$rel.*"
+           echo "${rest%-*}-3:${rest##*-}-$rel.*" >>"$lock" ;;
+      delete) grep -v "^$spec-[0-9]*:" "$lock" >"$lock.new" || true; mv "$lock.new" "$lock" ;;
+    esac
+  done
+fi
 exit 0
 """,
+    # The dpkg database: a $STATE/pkg-NAME file per installed package (its content the version, else
+    # STUB_DEB_VERSION), $STATE/hold-NAME when it is held.
     "dpkg-query": """
+if [ "$#" = 2 ] && [ "$1" = -W ]; then  # -W -f=FORMAT: every package, as install-driver.sh formats it
+  for f in "$STATE"/pkg-*; do
+    [ -e "$f" ] || continue
+    p="${f##*/pkg-}"; v="$(cat "$f")"; s="install ok installed"
+    [ -e "$STATE/hold-$p" ] && s="hold ok installed"
+    printf '%s\t%s\t%s\n' "$p" "${v:-${STUB_DEB_VERSION:-580.65.06-0ubuntu0.22.04.1}}" "$s"
+  done
+  exit 0
+fi
 p="${!#}"
 [ -e "$STATE/pkg-$p" ] && { echo "install ok installed"; exit 0; }
 echo "dpkg-query: no packages found matching $p" >&2; exit 1
 """,
+    "apt-mark": """
+[ "${STUB_APT_MARK_FAIL:-0}" = 1 ] && { echo "E: Can not write log" >&2; exit 100; }
+action="$1"; shift
+for p in "$@"; do
+  case "$action" in
+    hold) touch "$STATE/hold-$p"; echo "$p set on hold." ;;
+    unhold) rm -f "$STATE/hold-$p"; echo "Canceled hold on $p." ;;
+  esac
+done
+""",
+    # The rpm database: $STATE/pkg-NAME files holding version-release (else STUB_RPM_VERSION-1.el9).
     "rpm": """
+if [ "${1:-}" = -qa ]; then
+  for f in "$STATE"/pkg-*; do
+    [ -e "$f" ] || continue
+    p="${f##*/pkg-}"; v="$(cat "$f")"; v="${v:-${STUB_RPM_VERSION:-580.65.06}-1.el9}"
+    printf '%s\t%s\t%s\n' "$p" "${v%%-*}" "${v#*-}"
+  done
+  exit 0
+fi
 p="${!#}"
 case " $* " in *" --qf "*) out="${STUB_RPM_VERSION:-580.65.06}" ;; *) out="$p-1.0-1.x86_64" ;; esac
 [ -e "$STATE/pkg-$p" ] && { echo "$out"; exit 0; }
@@ -224,10 +267,14 @@ def written_paths_under_root(host: Host) -> set[str]:
 
 def test_script_inlines_common_once() -> None:
     assert set(script_names()) == {
+        "claim-ports",
         "configure-runtime",
+        "gpu-memory-gate",
         "install-driver",
         "install-toolkit",
         "prepare-dirs",
+        "proxy-routes",
+        "prune-releases",
         "run-verified",
         "verify-gpu",
     }
@@ -251,7 +298,7 @@ def test_exit_codes_documented_in_common_are_the_ones_defined() -> None:
     documented = {int(code) for code in re.findall(r"^#\s+(\d+)\s+\S", header, flags=re.MULTILINE)}
     common = _readonly_exit_codes("common.sh")
     guard = _readonly_exit_codes("run-verified.sh")
-    assert len(common) == 11
+    assert len(common) == 14
     assert set(guard) == {"EXIT_BAD_PARAMS", "EXIT_UNSAFE_RUNNER"}
     assert all(common[key] == code for key, code in guard.items() if key in common), "one number per name"
     assert documented == {0, *common.values(), *guard.values()}
@@ -1115,10 +1162,14 @@ def test_driver_dnf_install_reboot_if_needed(host: Host, os_key: str, modules: s
         "https://developer.download.nvidia.com/compute/cuda/repos/rhel9/x86_64/cuda-rhel9.repo"
     )
     assert (host.root / "etc/yum.repos.d/cuda-rhel9.repo").is_file()
+    locked = "nvidia-driver-580.65.06-1.el9 nvidia-driver-cuda-580.65.06-1.el9"
     assert host.called("dnf") == [
         f"dnf module enable -y nvidia-driver:{stream}",
         "dnf install -y kernel-devel-5.14.0-427.el9.x86_64 kernel-headers",
         "dnf install -y nvidia-driver nvidia-driver-cuda",
+        "dnf --version",
+        "dnf install -y python3-dnf-plugin-versionlock",
+        f"dnf versionlock add {locked}",  # held before the reboot
     ]
     assert host.called("dracut") == ["dracut --force"]
     assert host.called("systemctl") == ["systemctl reboot"]
@@ -1126,16 +1177,18 @@ def test_driver_dnf_install_reboot_if_needed(host: Host, os_key: str, modules: s
     after_reboot = host.run("install-driver", **env)
     assert after_reboot.returncode == 0, after_reboot.stderr
     assert after_reboot.stdout == "580.65.06\n"
-    assert host.calls() == ["nvidia-smi --query-gpu=driver_version --format=csv,noheader"]
+    assert f"already held (dnf): {locked}" in after_reboot.stderr
+    assert [c.split()[0] for c in host.calls()] == ["nvidia-smi", "rpm"]  # nothing installed, nothing locked
 
 
 def test_driver_already_working_is_untouched(host: Host) -> None:
     host.env["STUB_NVIDIA_SMI"] = "ok"
     result = host.run("install-driver", DRIVER_ACTION="install", DRIVER_BRANCH="580", REBOOT="if-needed")
     assert result.returncode == 0, result.stderr
-    assert "nothing to do" in result.stderr
+    assert "nothing to install" in result.stderr
+    assert "no installed package of the NVIDIA 580 driver" in result.stderr  # nothing in the dpkg stub
     assert written_paths_under_root(host) == {"etc/os-release"}
-    assert [c.split()[0] for c in host.calls()] == ["nvidia-smi"]
+    assert [c.split()[0] for c in host.calls()] == ["nvidia-smi", "dpkg-query"]
 
 
 def test_driver_other_branch_is_upgraded(host: Host) -> None:
@@ -1191,11 +1244,318 @@ def test_driver_verify(host: Host) -> None:
         ({"DRIVER_ACTION": "install", "DRIVER_BRANCH": "latest"}, "DRIVER_BRANCH"),
         ({"DRIVER_ACTION": "install", "DRIVER_BRANCH": "580", "KERNEL_MODULES": "nouveau"}, "KERNEL_MODULES"),
         ({"DRIVER_ACTION": "install", "DRIVER_BRANCH": "580", "REBOOT": "always"}, "REBOOT"),
+        ({"DRIVER_ACTION": "verify", "DRIVER_HOLD": "true"}, "DRIVER_HOLD"),
     ],
 )
 def test_driver_bad_parameters(host: Host, env: dict[str, str], word: str) -> None:
     assert_fails(host.run("install-driver", **env), 19, word)
     assert host.calls() == []
+
+
+# --- install-driver: holding the driver packages, telling a version mismatch apart ----------------------
+
+# An Ubuntu 22.04 host running the 580 server driver, as dpkg lists it: the branch's packages (the DKMS
+# and the precompiled per-kernel module both), a leftover library of the 550 branch, and NVIDIA's and
+# others' packages that are not the driver, some with versions that look like a driver's.
+UBUNTU_580 = {
+    "nvidia-driver-580-server": "580.65.06-0ubuntu0.22.04.1",
+    "libnvidia-compute-580-server": "580.65.06-0ubuntu0.22.04.1",
+    "libnvidia-compute-580-server:i386": "580.65.06-0ubuntu0.22.04.1",
+    "nvidia-utils-580-server": "580.65.06-0ubuntu0.22.04.1",
+    "nvidia-dkms-580-server": "580.65.06-0ubuntu0.22.04.1",
+    "nvidia-kernel-common-580-server": "580.65.06-0ubuntu0.22.04.1",
+    "nvidia-firmware-580-server-580.65.06": "580.65.06-0ubuntu0.22.04.1",
+    "linux-modules-nvidia-580-server-6.8.0-60-generic": "6.8.0-60.63~22.04.1",
+}
+UBUNTU_OTHERS = {
+    "linux-modules-nvidia-580-server-generic-hwe-22.04": "6.8.0-60.63~22.04.1",  # the meta: a new kernel needs it
+    "libnvidia-compute-550-server": "550.163.01-0ubuntu0.22.04.1",
+    "nvidia-container-toolkit": "1.17.8-1",
+    "libnvidia-container1": "1.17.8-1",
+    "nvidia-prime": "0.8.17.1",
+    "nvidia-settings": "510.47.03-0ubuntu1",
+    "libcudart12": "12.0.146~12.0.1-4build4",
+    "cuda-toolkit-12-8": "12.8.1-1",
+    "linux-image-6.8.0-60-generic": "6.8.0-60.63~22.04.1",
+    "libc6": "2.35-0ubuntu3.10",
+    "tool-580": "580.1-1",
+}
+# Rocky 9 with NVIDIA's CUDA repository (module stream 580-dkms) and the container toolkit.
+ROCKY_580 = {
+    "nvidia-driver": "580.65.06-1.el9",
+    "nvidia-driver-cuda": "580.65.06-1.el9",
+    "nvidia-driver-cuda-libs": "580.65.06-1.el9",
+    "nvidia-driver-libs": "580.65.06-1.el9",
+    "kmod-nvidia-latest-dkms": "580.65.06-1.el9",
+    "nvidia-kmod-common": "580.65.06-1.el9",
+    "libnvidia-ml": "580.65.06-1.el9",
+}
+ROCKY_OTHERS = {
+    "nvidia-container-toolkit": "1.17.8-1",
+    "libnvidia-container1": "1.17.8-1",
+    "dnf-plugin-nvidia": "2.2-1.el9",
+    "kernel": "5.14.0-427.el9",
+    "python3": "3.9.18-3.el9",
+}
+DNF_LOCKS = "etc/dnf/plugins/versionlock.list"
+
+
+def install_packages(host: Host, packages: dict[str, str], held: tuple[str, ...] = ()) -> None:
+    """Put packages in the stubs' dpkg/rpm database (name -> version), some of them held (apt)."""
+    for name, version in packages.items():
+        (host.state / f"pkg-{name}").write_text(version)
+    for name in held:
+        (host.state / f"hold-{name}").touch()
+
+
+def held_packages(host: Host) -> set[str]:
+    return {path.name.removeprefix("hold-") for path in host.state.glob("hold-*")}
+
+
+def test_driver_verify_holds_the_running_branch_and_nothing_else(host: Host) -> None:
+    install_packages(host, {**UBUNTU_580, **UBUNTU_OTHERS})
+    host.env["STUB_NVIDIA_SMI"] = "ok"
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "580.65.06\n"  # stdout stays the version alone
+    [hold] = host.called("apt-mark")
+    assert hold == "apt-mark hold " + " ".join(sorted(UBUNTU_580))
+    assert held_packages(host) == set(UBUNTU_580)
+    expected = (
+        f"==> held the NVIDIA 580 driver packages at their installed versions (apt-mark hold): {hold[14:]}"
+    )
+    assert expected in result.stderr.splitlines()
+
+    again = host.run("install-driver", DRIVER_ACTION="verify")  # idempotent: reported, not redone
+    assert again.returncode == 0, again.stderr
+    assert not host.called("apt-mark")
+    assert f"==> already held (apt-mark): {hold[14:]}" in again.stderr.splitlines()
+
+
+def test_driver_verify_holds_debian_packages_by_their_version(host: Host) -> None:
+    """Debian's and NVIDIA's Debian packages carry the branch in the version only (an epoch too, here)."""
+    host.set_os("debian12")
+    branch = {
+        "nvidia-driver": "535.247.01-1~deb12u1",
+        "libcuda1": "535.247.01-1~deb12u1",
+        "libnvidia-ml1": "1:535.247.01-1~deb12u1",
+        "nvidia-kernel-dkms": "535.247.01-1~deb12u1",
+        "firmware-nvidia-gsp": "535.247.01-1~deb12u1",
+        "nvidia-smi": "535.247.01-1~deb12u1",
+    }
+    install_packages(host, {**branch, "nvidia-settings": "525.125.06-1", "libcudart12": "12.0.146~12.0.1-4"})
+    host.env.update(STUB_NVIDIA_SMI="ok", STUB_DRIVER_VERSION="535.247.01")
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert result.returncode == 0, result.stderr
+    assert held_packages(host) == set(branch)
+
+
+def test_driver_hold_can_be_turned_off(host: Host) -> None:
+    install_packages(host, UBUNTU_580)
+    host.env["STUB_NVIDIA_SMI"] = "ok"
+    result = host.run("install-driver", DRIVER_ACTION="verify", DRIVER_HOLD="no")
+    assert result.returncode == 0, result.stderr
+    assert [c.split()[0] for c in host.calls()] == ["nvidia-smi"]
+    assert "DRIVER_HOLD=no: the NVIDIA driver packages are not held" in result.stderr
+
+
+def test_driver_hold_needs_root_only_for_what_is_not_held(host: Host) -> None:
+    install_packages(host, UBUNTU_580, held=("nvidia-driver-580-server",))
+    host.env.update(STUB_NVIDIA_SMI="ok", STUB_UID="1000", STUB_SUDO_DENY="1")
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert_fails(result, 11, "holding the NVIDIA 580 driver packages needs root", "DRIVER_HOLD=no")
+    rest = " ".join(sorted(set(UBUNTU_580) - {"nvidia-driver-580-server"}))
+    assert f"NEXT: have an administrator run 'sudo apt-mark hold {rest}' once" in result.stderr
+    assert not host.called("apt-mark")
+    assert result.stdout == ""
+
+    install_packages(host, {}, held=tuple(UBUNTU_580))  # the administrator did
+    again = host.run("install-driver", DRIVER_ACTION="verify")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == "580.65.06\n"
+
+
+def test_driver_hold_failure(host: Host) -> None:
+    install_packages(host, UBUNTU_580)
+    host.env.update(STUB_NVIDIA_SMI="ok", STUB_APT_MARK_FAIL="1")
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert_fails(result, 13, "holding the NVIDIA 580 driver packages failed (apt-mark hold, exit 100)")
+
+
+def test_driver_verify_on_an_os_it_cannot_hold_on(host: Host) -> None:
+    host.set_os("alpine")
+    host.env["STUB_NVIDIA_SMI"] = "ok"
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert result.returncode == 0, result.stderr
+    assert "cannot hold the driver packages on this operating system" in result.stderr
+
+
+def test_driver_install_releases_other_branches_and_holds_the_new_one(host: Host) -> None:
+    old = {name.replace("580", "550"): v.replace("580.65.06", "550.163.01") for name, v in UBUNTU_580.items()}
+    install_packages(host, {**old, "libc6": "2.35-0ubuntu3.10"}, held=(*old, "libc6"))
+    host.env.update(STUB_NVIDIA_SMI="ok", STUB_DRIVER_VERSION="550.163.01")
+    result = host.run("install-driver", DRIVER_ACTION="install", DRIVER_BRANCH="580")
+    assert_fails(result, 15, "reboot")  # the 550 module stays loaded until the reboot
+    calls = [c for c in host.calls() if c.startswith(("apt-mark", "apt-get install"))]
+    assert calls == [
+        "apt-mark unhold " + " ".join(sorted(old)),
+        "apt-get install -y nvidia-driver-580-server",
+        "apt-mark hold nvidia-driver-580-server",
+    ]
+    assert held_packages(host) == {"libc6", "nvidia-driver-580-server"}  # never anything but NVIDIA's
+
+
+def test_driver_install_holds_before_asking_for_the_reboot(host: Host) -> None:
+    install_packages(host, UBUNTU_580)  # installed, not loaded
+    result = host.run("install-driver", DRIVER_ACTION="install", DRIVER_BRANCH="580")
+    assert_fails(result, 15, "installed but not loaded")
+    assert not host.called("apt-get")
+    assert held_packages(host) == set(UBUNTU_580)
+
+
+@pytest.mark.parametrize("os_key", DNF_OSES)
+def test_driver_dnf_verify_locks_the_running_branch(host: Host, os_key: str) -> None:
+    host.set_os(os_key)
+    install_packages(host, {**ROCKY_580, **ROCKY_OTHERS})
+    locks = host.root / DNF_LOCKS
+    locks.parent.mkdir(parents=True)
+    locks.write_text(
+        "# Added by an administrator\nkernel-0:5.14.0-427.el9.*\n!nvidia-driver-3:590.1-1.el9.*\n"
+    )
+    host.env["STUB_NVIDIA_SMI"] = "ok"
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert result.returncode == 0, result.stderr
+    specs = sorted(f"{name}-{version}" for name, version in ROCKY_580.items())
+    assert host.called("dnf") == [
+        "dnf --version",
+        "dnf install -y python3-dnf-plugin-versionlock",
+        "dnf versionlock add " + " ".join(specs),
+    ]
+    lines = locks.read_text().splitlines()
+    assert lines[:3] == [
+        "# Added by an administrator",
+        "kernel-0:5.14.0-427.el9.*",
+        "!nvidia-driver-3:590.1-1.el9.*",
+    ]
+    assert lines[3:] == [f"{name}-3:{version}.*" for name, version in sorted(ROCKY_580.items())]
+
+    again = host.run("install-driver", DRIVER_ACTION="verify")
+    assert again.returncode == 0, again.stderr
+    assert not host.called("dnf")
+    assert "==> already held (dnf): " + " ".join(specs) in again.stderr.splitlines()
+
+
+def test_driver_dnf_lock_failure(host: Host) -> None:
+    host.set_os("rocky9")
+    install_packages(host, ROCKY_580)
+    host.env.update(STUB_NVIDIA_SMI="ok", STUB_VERSIONLOCK_FAIL="1")
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert_fails(result, 13, "holding the NVIDIA 580 driver packages failed (dnf versionlock add, exit 1)")
+    assert result.stdout == ""
+
+
+def test_driver_dnf5_has_versionlock_built_in_and_its_toml(host: Host) -> None:
+    host.set_os("rocky9")
+    install_packages(host, ROCKY_580)
+    toml = host.root / "etc/dnf/versionlock.toml"
+    toml.parent.mkdir(parents=True)
+    toml.write_text(
+        'version = "1.0"\n[[packages]]\nname = "nvidia-driver"\n[[packages.conditions]]\nkey = "evr"\n'
+        'comparator = "="\nvalue = "3:580.65.06-1.el9"\n'
+    )
+    host.env.update(STUB_NVIDIA_SMI="ok", STUB_DNF_VERSION="dnf5 version 5.2.6.2")
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert result.returncode == 0, result.stderr
+    rest = sorted(f"{name}-{version}" for name, version in ROCKY_580.items() if name != "nvidia-driver")
+    assert host.called("dnf") == ["dnf --version", "dnf versionlock add " + " ".join(rest)]
+    assert "==> already held (dnf): nvidia-driver-580.65.06-1.el9" in result.stderr.splitlines()
+
+
+def test_driver_dnf_install_releases_locks_of_other_branches(host: Host) -> None:
+    host.set_os("rocky9")
+    locks = host.root / DNF_LOCKS
+    locks.parent.mkdir(parents=True)
+    locks.write_text(
+        "kernel-0:5.14.0-427.el9.*\nnvidia-driver-3:550.144.03-1.el9.*\nlibnvidia-ml-3:550.144.03-1.el9.*\n"
+    )
+    result = host.run("install-driver", DRIVER_ACTION="install", DRIVER_BRANCH="580")
+    assert_fails(result, 15, "reboot")
+    dnf = host.called("dnf")
+    assert dnf[0] == "dnf versionlock delete libnvidia-ml nvidia-driver"
+    assert dnf[-1] == "dnf versionlock add nvidia-driver-580.65.06-1.el9 nvidia-driver-cuda-580.65.06-1.el9"
+    assert locks.read_text().splitlines() == [
+        "kernel-0:5.14.0-427.el9.*",
+        "nvidia-driver-3:580.65.06-1.el9.*",
+        "nvidia-driver-cuda-3:580.65.06-1.el9.*",
+    ]
+
+
+PROPRIETARY_MODULE = (
+    "NVRM version: NVIDIA UNIX x86_64 Kernel Module  580.65.06  Sun Jul 27 07:09:25 UTC 2025\n"
+    "GCC version:  gcc version 12.3.0 (Ubuntu 12.3.0-1ubuntu1~22.04)\n"
+)
+OPEN_MODULE = (
+    "NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  580.65.06  Release Build  "
+    "(dvs-builder@U22-I3-AM02-24-3)  Sun Jul 27 06:54:41 UTC 2025\n"
+    "GCC version:  gcc version 13.3.0 (Ubuntu 13.3.0-6ubuntu2~24.04)\n"
+)
+
+
+def fake_driver_files(root: Path, module: str | None, libdir: str, *libraries: str) -> None:
+    """/proc/driver/nvidia/version (None: no module loaded) and libnvidia-ml.so.<version> files."""
+    if module is not None:
+        (root / "proc/driver/nvidia").mkdir(parents=True, exist_ok=True)
+        (root / "proc/driver/nvidia/version").write_text(module)
+    (root / libdir).mkdir(parents=True, exist_ok=True)
+    (root / libdir / "libnvidia-ml.so.1").touch()
+    for version in libraries:
+        (root / libdir / f"libnvidia-ml.so.{version}").touch()
+
+
+@pytest.mark.parametrize(
+    ("module", "libdir"),
+    [(PROPRIETARY_MODULE, "usr/lib/x86_64-linux-gnu"), (OPEN_MODULE, "usr/lib/aarch64-linux-gnu")],
+)
+def test_driver_verify_names_a_version_mismatch(host: Host, module: str, libdir: str) -> None:
+    fake_driver_files(host.root, module, libdir, "580.82.07")
+    host.env["STUB_NVIDIA_SMI"] = "fail"
+    result = host.run("install-driver", DRIVER_ACTION="verify")
+    assert result.returncode == 15, result.stderr
+    assert result.stderr.splitlines() == [
+        "ERROR: driver/library version mismatch: the loaded NVIDIA kernel module is 580.65.06 but the installed "
+        "library is libnvidia-ml.so.580.82.07 (the driver packages were replaced under the running driver)",
+        "NEXT: reboot the host (sudo systemctl reboot) to load the installed driver, or reinstall the 580.65.06 "
+        "driver packages; then run pulumi up again, which holds them",
+    ]
+    assert not host.called("apt-mark") and not host.called("systemctl")
+
+
+@pytest.mark.parametrize(
+    ("module", "libraries"),
+    [(PROPRIETARY_MODULE, ("580.65.06",)), (None, ("580.82.07",)), (PROPRIETARY_MODULE, ())],
+)
+def test_driver_verify_without_a_mismatch_is_not_working(
+    host: Host, module: str | None, libraries: tuple[str, ...]
+) -> None:
+    fake_driver_files(host.root, module, "usr/lib64", *libraries)
+    host.env["STUB_NVIDIA_SMI"] = "fail"
+    assert_fails(host.run("install-driver", DRIVER_ACTION="verify"), 14, "nvidia-smi failed")
+
+
+def test_driver_install_logs_the_mismatch_and_asks_for_the_reboot(host: Host) -> None:
+    install_packages(host, UBUNTU_580)
+    fake_driver_files(
+        host.root,
+        PROPRIETARY_MODULE.replace("580.65.06", "580.76.05"),
+        "usr/lib/x86_64-linux-gnu",
+        "580.65.06",
+    )
+    result = host.run("install-driver", DRIVER_ACTION="install", DRIVER_BRANCH="580")
+    assert_fails(result, 15, "installed but not loaded")
+    assert (
+        "==> driver/library version mismatch: the loaded kernel module is 580.76.05, the installed library "
+        "libnvidia-ml.so.580.65.06"
+    ) in result.stderr.splitlines()
 
 
 # --- configure-runtime ---------------------------------------------------------------------------

@@ -138,6 +138,7 @@ PLANTED: list[tuple[str, tuple[str, str, str], Callable[[dict[str, Any]], None],
     ("non-root-user", BACKEND, drop("user"), "has no user"),
     ("no-privileges", APP, set_("privileged", True), "privileged"),
     ("no-privileges", BACKEND, set_("capabilities", {"drops": ["ALL"], "adds": ["SYS_ADMIN"]}), "SYS_ADMIN"),
+    ("no-privileges", H100_VISION, set_("ipcMode", "host"), "host's IPC namespace"),
     ("pinned-images", ("h100", CONTAINER, "redis"), set_("image", "redis:latest"), "latest"),
     ("pinned-images", ("h100", CONTAINER, "redis"), set_("image", "redis"), "no tag"),
     ("pinned-images", PROD_IMAGE, build_arg("BASE_IMAGE", "nvidia/cuda"), "BASE_IMAGE"),
@@ -559,13 +560,14 @@ def test_sdk_path_passes_a_shipped_container_with_unknowns() -> None:
 
 
 def test_sdk_path_reports_mandatory_violations() -> None:
-    props = copy.deepcopy(resource(*APP).inputs)
+    # the migration: a fixed name (prod's app is a zero-downtime copy, named only once it exists)
+    props = copy.deepcopy(resource("prod", CONTAINER, "migrate").inputs)
     props["image"] = UNKNOWN_PLACEHOLDER
     props["user"] = "0:0"
     diagnostics = analyze(props, context_of("prod"))
     assert [d.policyName for d in diagnostics] == ["non-root-user"]
     assert diagnostics[0].enforcementLevel == proto.MANDATORY
-    assert "Container r (prod-app): runs as root" in diagnostics[0].message
+    assert "Container r (prod-migrate): runs as root" in diagnostics[0].message
 
 
 # ---------------------------------------------------------------- the pack as the engine starts it

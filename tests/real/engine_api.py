@@ -10,7 +10,11 @@ terraform-provider-docker, which pulumi-docker 5.x bridges for `Container`, send
 - the network steps the provider takes after the create (disconnect `bridge`, connect each
   `networksAdvanced` entry with its aliases): it never puts them into `NetworkingConfig`;
 - the client-side behaviour that is no Engine API field at all (`start`, `wait`/`waitTimeout`,
-  `attach`/`logs`, `mustRun`, `destroyGraceSeconds`/`removeVolumes`), as plain attributes.
+  `attach`/`logs`, `mustRun`, `destroyGraceSeconds`/`removeVolumes`), as plain attributes;
+- `uploads`: each file as a one-entry tar archive put into the container at "/" after the network
+  steps and before the start (`PUT /containers/{id}/archive`, the Go client's CopyToContainer);
+- a Container without `name`: pulumi-docker names it `<logical name>-<7 hex digits>` (autonaming), so the
+  caller says the logical name.
 
 `create_and_start`, `inspect`, `remove` (and `wait_healthy`, `wait_exit`, `run`) then perform those
 requests against an engine over its unix socket with the standard library only (`http.client`).
@@ -25,6 +29,9 @@ Sources (read at these tags, not guessed):
 - TFP = kreuzwerker/terraform-provider-docker@v4.5.0:internal/provider/
   FUNCS = TFP resource_docker_container_funcs.go, STRUCT = TFP resource_docker_container_structures.go,
   SCHEMA = TFP resource_docker_container.go, HELPERS = TFP helpers.go.
+- Autonaming: pulumi/pulumi-docker provider/resources.go `prov.SetAutonaming(255, "-")`, and
+  pulumi/pulumi-terraform-bridge pkg/tfbridge/info/autonaming.go AutoName (Randlen 7;
+  ComputeAutoNameDefault: resource.NewUniqueHex(name + separator, 7, maxlen)).
 - MOBY = moby/moby@v28.5.2 (the github.com/docker/docker version in TFP's go.mod): client/
   container_create.go (capability normalisation), api/types/** (JSON field names and omitempty).
 
@@ -35,11 +42,15 @@ differ (HostConfig.Init) are always written, as the provider writes them.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.client
+import io
 import json
 import re
+import secrets
 import socket
+import tarfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
@@ -159,12 +170,39 @@ class NetworkAttachment:
 
 
 @dataclass(frozen=True)
+class Upload:
+    """FUNCS `upload`: one file put into the container before its start."""
+
+    file: str  # the tar entry's name, as given (an absolute path), extracted at "/"
+    content: bytes
+    mode: int  # `permissions` (octal), else 0o744 when `executable`, else 0o644
+
+    def archive(self) -> bytes:
+        """FUNCS: tar.Header{Name: file, Mode: mode, Size, ModTime: now}, one entry."""
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            info = tarfile.TarInfo(self.file)
+            info.size = len(self.content)
+            info.mode = self.mode
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(self.content))
+        return buffer.getvalue()
+
+
+def auto_name(logical_name: str) -> str:
+    """pulumi-docker's name for a Container without `name`: `<logical name>-<7 hex digits>`."""
+    return f"{logical_name}-{secrets.token_hex(4)[:7]}"
+
+
+@dataclass(frozen=True)
 class EngineCreate:
     """What the provider asks of the engine for one Container, and what it does on the client side."""
 
     name: str  # the `name` query parameter of POST /containers/create
     body: dict[str, Any]  # the JSON body: Config fields, "HostConfig", "NetworkingConfig"
     networks: tuple[NetworkAttachment, ...] = ()  # connected after the create, before the start
+    uploads: tuple[Upload, ...] = ()  # put into the container after the networks, before the start
+    auto_named: bool = False  # the plan had no `name`: `name` is pulumi-docker's autonaming
     disconnect_bridge: bool = False  # POST /networks/bridge/disconnect first (not connected: ignored)
     # Client behaviour (SCHEMA defaults; FUNCS resourceDockerContainerCreate/Read/Update/Delete):
     start: bool = True  # POST /containers/{id}/start after the create
@@ -391,8 +429,12 @@ def create_body(
     image_override: str | None = None,
     network_name_override: str | Mapping[str, str] | None = None,
     substitutes: Mapping[str, Any] | None = None,
+    logical_name: str | None = None,
 ) -> EngineCreate:
     """Map one planned Container's inputs to the engine requests and client behaviour.
+
+    `logical_name`: the Container's name in the program, which pulumi-docker's autonaming makes the
+    container's name from when the inputs have no `name` (a zero-downtime copy).
 
     `substitutes` gives concrete values for placeholder paths (see `placeholder_paths`); a substitute
     for a path that holds no placeholder is an error too, so a stale one never hides a change.
@@ -411,7 +453,15 @@ def create_body(
     top = _Obj(data, "")
 
     # -- Config --------------------------------------------------------------------------------
-    name = top.req_str("name")  # SCHEMA name Required; the `name` query parameter (MOBY container_create.go)
+    # SCHEMA name Required, but pulumi-docker auto-names a Container without one (SetAutonaming): the
+    # `name` query parameter (MOBY container_create.go) is `<logical name>-<7 hex>` then.
+    planned_name = top.str_("name")
+    if planned_name is None and logical_name is None:
+        raise MappingError(
+            "name: missing from the inputs, so pulumi-docker auto-names the container "
+            "`<logical name>-<7 hex>`: pass logical_name"
+        )
+    name = planned_name if planned_name is not None else auto_name(str(logical_name))
     image = top.req_str("image")  # SCHEMA image Required; FUNCS config.Image = image
     config: dict[str, Any] = {"Image": image}
     # FUNCS: Hostname/Domainname/Tty/OpenStdin/StopSignal/StopTimeout are always assigned from d.Get.
@@ -523,6 +573,30 @@ def create_body(
     if shm:  # FUNCS: hostConfig.ShmSize = int64(v) * 1024 * 1024
         host["ShmSize"] = shm * mib
 
+    # FUNCS: if GetOk("cpus") { hostConfig.NanoCPUs = opts.ParseCPUs(v) } (docker/cli opts/opts.go
+    # ParseCPUs: a big.Rat times 1e9, refused unless whole nanoseconds); cpu_period/cpu_quota then ignored.
+    cpus = top.str_("cpus")
+    if cpus:
+        host["NanoCPUs"] = parse_cpus_nanos(cpus)
+
+    # FUNCS: if GetOk("ulimit") { hostConfig.Ulimits = ulimitsToDockerUlimits(set) } (STRUCT: one
+    # units.Ulimit{Name, Soft, Hard} per block; MOBY api/types/container HostConfig.Ulimits JSON
+    # {"Name", "Hard", "Soft"}); SCHEMA ulimit: name, soft, hard all Required.
+    ulimits = []
+    for item in top.objs("ulimits"):
+        ulimit_name = item.req_str("name")
+        soft, hard = item.int_("soft"), item.int_("hard")
+        if soft is None or hard is None:
+            raise MappingError(f"ulimits: {ulimit_name}: soft and hard are required")
+        item.done()
+        ulimits.append({"Name": ulimit_name, "Soft": soft, "Hard": hard})
+    if ulimits:
+        host["Ulimits"] = ulimits
+
+    ipc_mode = top.str_("ipcMode")  # FUNCS: if GetOk("ipc_mode") { hostConfig.IpcMode = v }
+    if ipc_mode:
+        host["IpcMode"] = ipc_mode
+
     log_opts = top.str_map("logOpts")
     if log_opts:  # FUNCS: hostConfig.LogConfig.Config = mapTypeMapValsToString(log_opts)
         host["LogConfig"]["Config"] = log_opts
@@ -534,6 +608,12 @@ def create_body(
     group_add = _set(top.strs("groupAdds"))
     if group_add:
         host["GroupAdd"] = group_add
+
+    sysctls = top.str_map("sysctls")
+    if sysctls:  # FUNCS: if GetOk("sysctls") { hostConfig.Sysctls = mapTypeMapValsToString(v) }
+        host["Sysctls"] = sysctls
+
+    uploads = tuple(_upload(item) for item in top.objs("uploads"))
 
     # FUNCS: init := d.Get("init").(bool); hostConfig.Init = &init -> false (not the daemon default)
     # unless set.
@@ -566,6 +646,8 @@ def create_body(
         name=name,
         body=body,
         networks=networks,
+        uploads=uploads,
+        auto_named=planned_name is None,
         disconnect_bridge=bool(networks),  # FUNCS: NetworkDisconnect(ctx, "bridge", id, false)
         start=start,
         wait_healthy=wait and start,  # FUNCS: the wait sits inside `if d.Get("start")`
@@ -576,6 +658,60 @@ def create_body(
         destroy_grace_s=grace if grace > 0 else 0,
         remove_volumes=remove_volumes,
     )
+
+
+def parse_cpus_nanos(text: str) -> int:
+    """docker/cli opts/opts.go ParseCPUs: big.Rat SetString (a decimal here), times 1e9, whole only."""
+    if not re.fullmatch(r"\d*\.?\d*", text) or text in ("", "."):
+        raise MappingError(f"cpus: Error setting cpus: failed to parse {text} as a rational number")
+    nanos = Fraction(text) * 10**9
+    if nanos.denominator != 1:
+        raise MappingError("cpus: Error setting cpus: value is too precise")
+    return int(nanos)
+
+
+_PERMISSIONS = re.compile(r"^0[0-7]{3}$")  # SCHEMA upload.permissions validateStringMatchesPattern
+
+
+def _upload(item: _Obj) -> Upload:
+    """FUNCS `upload`: exactly one of content, contentBase64 (decoded) and source (the local file read
+    by the provider); mode from permissions, else executable (0744), else 0644. sourceHash only
+    triggers a replacement (SCHEMA ForceNew)."""
+    file = item.req_str("file")  # SCHEMA upload.file Required
+    content = item.str_("content", "")
+    encoded = item.str_("contentBase64", "")
+    source = item.str_("source", "")
+    item.str_("sourceHash", "")
+    executable = item.bool_("executable", False)  # SCHEMA Default false
+    permissions = item.str_("permissions", "")
+    item.done()
+    given = [v for v in (content, encoded, source) if v]
+    if not given:  # FUNCS: the provider's own words
+        raise MappingError(
+            f"{item.path}: error with upload content: one of 'content', 'content_base64', or 'source' must be set"
+        )
+    if len(given) > 1:
+        raise MappingError(
+            f"{item.path}: error with upload content: only one of 'content', 'content_base64', or 'source' "
+            "can be set"
+        )
+    if content:
+        data = content.encode()
+    elif encoded:
+        try:
+            data = base64.b64decode(encoded, validate=True)  # SCHEMA validateStringIsBase64Encoded
+        except ValueError as err:
+            raise MappingError(f"{item.path}.contentBase64: not base64: {err}") from err
+    else:
+        with open(str(source), "rb") as handle:
+            data = handle.read()
+    if permissions:
+        if not _PERMISSIONS.match(permissions):
+            raise MappingError(f"{item.path}.permissions: {permissions!r} is not an octal mode like 0644")
+        mode = int(permissions, 8)
+    else:
+        mode = 0o744 if executable else 0o644
+    return Upload(file=str(file), content=data, mode=mode)
 
 
 def _non_negative(value: int | None, path: str) -> int | None:
@@ -791,12 +927,14 @@ def _request(
     body: Any = None,
     timeout: float = 60.0,
     raw: bool = False,
+    data: bytes | None = None,
+    content_type: str = "application/json",
 ) -> Any:
     url = path + ("?" + urllib.parse.urlencode(query) if query else "")
     conn = UnixHTTPConnection(socket_path, timeout=timeout)
     try:
-        payload = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"} if payload is not None else {}
+        payload = data if data is not None else None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": content_type} if payload is not None else {}
         conn.request(method, url, body=payload, headers=headers)
         response = conn.getresponse()
         data = response.read()
@@ -864,6 +1002,15 @@ def create_and_start(socket_path: str, create: EngineCreate, *, version: str | N
             "POST",
             f"{prefix}/networks/{urllib.parse.quote(attachment.network, safe='')}/connect",
             body={"Container": container_id, "EndpointConfig": attachment.endpoint_config},
+        )
+    for upload in create.uploads:  # FUNCS: CopyToContainer(ctx, id, "/", tar, {}) before the start
+        _request(
+            socket_path,
+            "PUT",
+            f"{prefix}/containers/{container_id}/archive",
+            query={"path": "/"},
+            data=upload.archive(),
+            content_type="application/x-tar",
         )
     if create.start:
         _request(socket_path, "POST", f"{prefix}/containers/{container_id}/start")

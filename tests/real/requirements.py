@@ -19,6 +19,9 @@ PROGRAMS: tuple[tuple[str, str, str], ...] = (
     ("visudo", "/usr/sbin/visudo", "sudo"),
     ("ip", "/usr/sbin/ip", "iproute2"),
     ("useradd", "/usr/sbin/useradd", "passwd"),
+    # the rollout tests' proxy stand-in: Debian's caddy binary (`apt-get download caddy`, `dpkg-deb -x`)
+    ("apt-get", "/usr/bin/apt-get", "apt"),
+    ("dpkg-deb", "/usr/bin/dpkg-deb", "dpkg"),
 )
 
 # (what, the file, the Debian package that provides it)

@@ -99,7 +99,7 @@ class Deploy:
 
     def container(self, service: str) -> engine_api.EngineCreate:
         planned = self.plan.named(CONTAINER, service).inputs
-        return engine_api.create_body(planned)
+        return engine_api.create_body(planned, logical_name=service)
 
 
 def stack_file(
@@ -118,7 +118,15 @@ def stack_file(
         b = hosts.bastion
         target["bastion"] = {"host": b.host, "port": b.port, "user": b.user, "hostKey": b.host_key}
     health = {"http": {"path": "/health", "port": 8080}, "interval": "1s", "timeout": "3s", "retries": 60}
-    service = {"user": "1001:1001", "memory": "256m", "volumes": ["data:/data"], "healthcheck": health}
+    # Each service under its fixed name, publishing its own port (rollout: stop-first): this module runs
+    # the planned containers one by one; the proxy path (zero downtime) is tests/real/test_rollout.py's.
+    service = {
+        "user": "1001:1001",
+        "memory": "256m",
+        "volumes": ["data:/data"],
+        "healthcheck": health,
+        "rollout": "stop-first",
+    }
     services: dict[str, Any] = {
         "bash-only": {
             **service,

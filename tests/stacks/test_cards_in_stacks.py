@@ -72,6 +72,7 @@ def test_the_gpu_image_and_the_cpu_image_of_one_stack_get_different_args(tmp_pat
 def test_a_cpu_image_gets_gpu_args_once_a_service_runs_it_on_the_gpu(tmp_path: Path) -> None:
     def celery_on_gpu(config: dict[str, Any]) -> None:
         config[f"{NS}services"]["celery"]["gpu"] = 1
+        config[f"{NS}services"]["celery"]["gpuMemory"] = "2GiB"  # beside vision's 12 GiB on the 16 GB card
 
     plan = plan_with(tmp_path, "h100", celery_on_gpu)
     worker = build_args(plan, "image-queue-worker-build")

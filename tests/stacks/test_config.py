@@ -192,20 +192,27 @@ def test_auto_on_an_ssh_host_names_the_cuda_key_no_card_can_run() -> None:
 @pytest.mark.parametrize(
     ("path", "allowed"),
     [
-        ("bogus", "cards, cuda, gpuOperator, gpuSharing, image, nodes, profile, provision, services, target"),
-        ("target.bogus", "bastion, host, hostKey, kind, port, root, sshKey, user"),
-        ("image.bogus", "appUid, buildArgs, context, dockerfile, registry, repository, tag, target"),
+        (
+            "bogus",
+            "cards, cuda, dcgm, gpuOperator, gpuSharing, image, nodes, profile, provision, services, target",
+        ),
+        ("target.bogus", "bastion, gpus, host, hostKey, kind, port, root, sshKey, user"),
+        (
+            "image.bogus",
+            "appUid, buildArgs, context, dockerfile, keepReleases, registry, repository, tag, target",
+        ),
         (
             "services.app.bogus",
-            "build, command, cpu, cpuEnv, cpuFallback, cpuImage, dependsOn, driverCapabilities, enabled, "
-            "env, gpu, healthcheck, image, memory, migProfile, oneShot, ports, profile, replicas, restart, runOn, "
-            "secretEnv, shmSize, smoke, smokeDeadline, storage, user, volumes",
+            "build, command, cpu, cpuBuild, cpuEnv, cpuFallback, cpuImage, cpus, dependsOn, "
+            "driverCapabilities, enabled, entrypoint, env, gpu, gpuMemory, healthcheck, image, ipc, memory, "
+            "migProfile, oneShot, ports, profile, replicas, requires, restart, rollout, runOn, secretEnv, "
+            "shmSize, smoke, smokeDeadline, storage, test, ulimits, user, volumes",
         ),
         ("services.app.healthcheck.bogus", "command, http, interval, retries, startPeriod, timeout"),
         ("services.app.healthcheck.http.bogus", "path, port"),
         ("services.migrate.build.bogus", "args, context, dockerfile, target"),
         ("cuda.bogus", "driver, mig, torchVersion, version, wheelIndex"),
-        ("provision.bogus", "driver, driverBranch, kernelModules, reboot, runtime, toolkit"),
+        ("provision.bogus", "driver, driverBranch, kernelModules, privileges, reboot, runtime, toolkit"),
     ],
 )
 def test_unknown_key_lists_the_allowed_ones(path: str, allowed: str) -> None:
@@ -414,7 +421,9 @@ def test_gpu_rejected(value: Any, fragment: str) -> None:
     ],
 )
 def test_gpu_accepted(value: Any, expected: GpuRequest) -> None:
-    assert load(changed(("services.app.gpu", value)))[0].services["app"].gpu == expected
+    # a host with 8 GPUs (target.gpus): the plan places counts and device indexes on them
+    raw = changed(("services.app.gpu", value), ("target.gpus", 8))
+    assert load(raw)[0].services["app"].gpu == expected
 
 
 @pytest.mark.parametrize("ids", [[MIG_UUID], ["0:1"], ["0:1", "0:2", MIG_UUID], [0, "1:0"]])
@@ -1161,8 +1170,11 @@ def test_cli_plans_a_cpu_stack_that_keeps_its_cuda_choices(tmp_path: Path) -> No
     def cpu(config: dict[str, Any]) -> None:
         assert config["gpu-deploy:cuda"]["version"]  # kept: it is for a GPU
         config["gpu-deploy:profile"] = "cpu"
+        config.pop("gpu-deploy:dcgm", None)  # no GPU to watch: refused on the cpu profile
         for service in config["gpu-deploy:services"].values():
             service["gpu"] = "none"
+            service.pop("gpuMemory", None)  # a GPU's budget: refused on gpu none
+            service.pop("cpuEnv", None)  # the CPU switch of a GPU service: refused on gpu none
 
     result = _plan("prod", "--config-file", str(_prod_with(tmp_path, cpu)), "--json")
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,7 @@
 """Property: every stack configuration that validates also plans, for both targets.
 
 Configurations are generated from building blocks (a target, a profile, a built image or not, and
-services with GPUs, ports, volumes, env, health checks, smoke checks, dependencies, CPU fallbacks and
+services with GPUs, GPU memory budgets, rollouts, ports, volumes, env, health checks, smoke checks, dependencies, CPU fallbacks and
 storage). Those `stacks.config.validate` refuses are counted and set aside (a refusal is one line
 naming a `gpu-deploy:` key); each one it accepts is planned offline (`make_plan`, as `python -m stacks
 plan` does) and must plan without an error. The examples are derandomized and bounded, so CI runs the
@@ -93,6 +93,13 @@ def services(draw: st.DrawFn, kind: str, built: bool) -> dict[str, Any]:
             service["memory"] = draw(st.sampled_from(["512m", "2g"]))
         if kind == "kubernetes" and service["gpu"] == 1 and draw(st.booleans()):
             service["cpuFallback"] = True
+        if service["gpu"] != "none" and draw(st.integers(0, 3)):  # mostly a budget: GPUs are shared
+            service["gpuMemory"] = draw(st.sampled_from(["2GiB", "3g", "3072MiB", "1536Mi"]))
+        rollouts = ["auto", "stop-first"]
+        if "healthcheck" in service and "ports" in service:
+            rollouts.append("zero-downtime")
+        if draw(st.booleans()):
+            service["rollout"] = draw(st.sampled_from(rollouts))
         spec[name] = service
     return spec
 
@@ -103,7 +110,7 @@ def stack_configs(draw: st.DrawFn, kind: str) -> dict[str, Any]:
     if kind == "docker":
         config: dict[str, Any] = {
             "profile": draw(st.sampled_from(["p40", "a2", "a4000", "h100", "cpu"])),
-            "target": draw(DOCKER_TARGETS),
+            "target": {**draw(DOCKER_TARGETS), "gpus": draw(st.sampled_from([1, 1, 2]))},
         }
     else:
         config = {"profile": draw(st.sampled_from(["a2", "a4000"])), "target": draw(KUBERNETES_TARGETS)}

@@ -517,6 +517,8 @@ def landing_failures(plan: Plan, cwd: Path) -> list[str]:
             problems.append(f"{copy.name}: no remote command waits for the copy")
         if not isinstance(source, dict) or "path" not in source or placeholder(remote):
             continue  # not path-backed: copy_source_failures says so
+        if any(placeholder(str(u.inputs.get("create", ""))) for u in users):
+            continue  # a command line known only at deploy (a smoke test in an auto-named copy) may name it
         landed = landing_paths(str(source["path"]), remote, cwd)
         text = "\n".join(
             str(u.inputs.get("create", "")) + "\n" + str(u.inputs.get("stdin", "")) for u in users
@@ -668,6 +670,8 @@ def _materialise_sources(stack: str, root: Path) -> Path:
         build = svc.get("build") or {}
         contexts.add(str(build.get("context", image.get("context", "."))))
         dockerfiles.add(str(build.get("dockerfile", image.get("dockerfile", "Dockerfile"))))
+        if (svc.get("test") or {}).get("dockerfile"):  # a test image's own Dockerfile (docker_tests.py)
+            dockerfiles.add(str(svc["test"]["dockerfile"]))
     project = root / "project"
     project.mkdir(parents=True, exist_ok=True)
     for context in contexts:

@@ -82,7 +82,11 @@ def test_containers_are_non_root_limited_rotated_and_replaced_delete_first(
         assert inputs["logDriver"] == "json-file"
         assert inputs["logOpts"] == {"max-size": "10m", "max-file": "3"}
         assert "gpus" not in inputs, "device requests only, never the legacy gpus string"
-        assert container.options["deleteBeforeReplace"] is True
+        assert container.engine["deleteBeforeReplaceDefined"] is True, "set either way, never left to guess"
+        # a fixed name is replaced delete-first; a zero-downtime copy is auto-named and starts beside the old one
+        assert container.options["deleteBeforeReplace"] is (
+            "name" in inputs and inputs["name"] != "[unknown]"
+        )
         assert labels_of(container)["io.gpu-deploy.stack"] == stack
 
 
@@ -105,7 +109,10 @@ def test_prod_app_gets_all_gpus_its_mounts_health_check_and_waits_for_the_migrat
     }
     assert all(m["type"] == "bind" for m in app.inputs["mounts"])
     assert app.inputs["user"] == "1001:1001"
-    assert app.inputs["ports"] == [{"internal": 3000, "external": 3000, "protocol": "tcp"}]
+    assert app.inputs["ports"] == [], "zero downtime: the proxy publishes the app's port"
+    assert containers(plan)["proxy"].inputs["ports"] == [
+        {"internal": 3000, "external": 3000, "protocol": "tcp"}
+    ]
     health = app.inputs["healthcheck"]
     assert health["tests"][0] == "CMD-SHELL" and "http://127.0.0.1:3000/api/health" in health["tests"][1]
     assert (health["interval"], health["startPeriod"], health["retries"]) == ("30s", "60s", 3)
@@ -432,28 +439,6 @@ def test_auto_plan_shows_the_build_as_a_deploy_does(shipped_plan: ShippedPlan) -
             assert container.inputs["image"] == "[unknown]"
             assert built[image] in container.options["dependsOn"]
     assert [r.options for r in up.resources] == [r.options for r in preview.resources]
-
-
-def test_count_requests_get_distinct_devices_of_the_host() -> None:
-    from components.core.values import place_gpu_counts
-
-    gpus = ["GPU-a", "GPU-b", "GPU-c", "GPU-d"]
-    assert place_gpu_counts({"vision": 1, "worker": 1, "train": 2}, gpus) == {
-        "vision": ("GPU-a",),
-        "worker": ("GPU-b",),
-        "train": ("GPU-c", "GPU-d"),
-    }
-    # more asked than the host has: services share, from the first device on again
-    assert place_gpu_counts({"a": 1, "b": 1}, ["GPU-a"]) == {"a": ("GPU-a",), "b": ("GPU-a",)}
-    assert place_gpu_counts({"a": 1, "b": 2, "c": 1}, ["GPU-a", "GPU-b"]) == {
-        "a": ("GPU-a",),
-        "b": ("GPU-b", "GPU-a"),
-        "c": ("GPU-b",),
-    }
-    with pytest.raises(ValueError, match="service big asks for 3 GPUs, the host's preflight found 2"):
-        place_gpu_counts({"big": 3}, ["GPU-a", "GPU-b"])
-    with pytest.raises(ValueError, match="found 0"):
-        place_gpu_counts({"a": 1}, [])
 
 
 def test_a_count_asks_for_the_devices_the_preflight_found(plans: dict[str, Plan]) -> None:

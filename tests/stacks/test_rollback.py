@@ -203,6 +203,11 @@ def test_every_stack_has_services_to_disable() -> None:
     assert any(needed_by(s, n) for s, n in service_cases())
 
 
+def before_parent(plan: Plan, urn: str) -> str | None:
+    """The parent URN of a planned resource."""
+    return next(r.parent for r in plan.resources if r.urn == urn)
+
+
 @pytest.mark.parametrize(("stack", "name"), service_cases())
 def test_enabled_false_removes_one_container_and_keeps_the_host_data(
     tmp_path: Path, originals: dict[str, Plan], stack: str, name: str
@@ -221,8 +226,14 @@ def test_enabled_false_removes_one_container_and_keeps_the_host_data(
     before = originals[stack]
     after, diff = disabled_diff(tmp_path, originals, stack, name)
     container = before.named(CONTAINER, name)
-    # Exactly one container goes: this service's (its GpuContainer component goes too: not a change).
-    assert [c.urn for c in diff.changes if c.type == CONTAINER] == [container.urn]
+    # Exactly one container goes: this service's (its GpuContainer component goes too: not a change), and
+    # the reverse proxy with it when no service left rolls with zero downtime (only they need the proxy).
+    proxy = [r.urn for r in before.by_type(CONTAINER) if r.name == "proxy"]
+    left = (after.outputs.get("rollout") or {}).values()
+    gone = [container.urn] + (proxy if not any(r["mode"] == "zero-downtime" for r in left) else [])
+    # its GPU test job (services.<name>.test) runs only before it: it goes too
+    gone += [r.urn for r in before.by_type(CONTAINER) if r.name == f"{name}-test"]
+    assert sorted(c.urn for c in diff.changes if c.type == CONTAINER) == sorted(gone)
     assert container.urn in {c.urn for c in diff.of("delete")}
     assert not (diff.of("create") or diff.of("replace") or diff.of("update")), [
         c.line() for c in diff.changes
@@ -230,6 +241,10 @@ def test_enabled_false_removes_one_container_and_keeps_the_host_data(
     # The other deletes are only what this service alone needed: its own image build (kept on the host,
     # retainOnDelete) when no enabled service uses it any more, and what ran after its container.
     downstream = dependents_of(before, {container.urn})
+    # each removed container's component goes whole (its GPU memory gate, the test job's gate, the proxy's
+    # claim), with what depends on them
+    own = {r.urn for u in gone for r in before.resources if r.parent == before_parent(before, u)}
+    downstream |= own | set(gone) | dependents_of(before, set(gone))
     for change in diff.of("delete"):
         if change.urn == container.urn:
             continue

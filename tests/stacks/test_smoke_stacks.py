@@ -18,9 +18,17 @@ from tests.probe import FAKE_NVML, RunningProbe
 
 
 def test_prod_smoke_runs_the_write_ups_checks_on_the_host_after_every_service(
-    shipped_plan: ShippedPlan,
+    shipped_plan: ShippedPlan, tmp_path: Path
 ) -> None:
-    plan = shipped_plan("prod")
+    # prod's app rolls with zero downtime: the copy it checks inside is named only once it exists
+    rolling = shipped_plan("prod").named(REMOTE_COMMAND, "smoke-app-run")
+    assert rolling.inputs["create"] == "[unknown]"
+    assert shipped_plan("prod").named(REMOTE_COMMAND, "app-route").urn in rolling.options["dependsOn"]
+
+    def stop_first(config: dict[str, Any]) -> None:
+        config["gpu-deploy:services"]["app"]["rollout"] = "stop-first"
+
+    plan = plan_with(tmp_path, "prod", stop_first)
     run = plan.named(REMOTE_COMMAND, "smoke-app-run")
     argv = shlex.split(run.inputs["create"])
     # run-verified.sh checks the copy in the deploy user's own directory, then runs it
@@ -36,6 +44,8 @@ def test_prod_smoke_runs_the_write_ups_checks_on_the_host_after_every_service(
     assert {"file": {"path": "/app/public{tts.audioUrl}"}} in checks
     assert {"gpu": {"command": ["nvidia-smi"]}} in checks
     for container in plan.by_type(CONTAINER):
+        if container.name == "dcgm-exporter":  # the host's metrics, no service: nothing to wait for
+            continue
         assert container.urn in run.options["dependsOn"], f"smoke waits for {container.name}"
     checked = []
     for name in ("smoke.py", "smoke_checklist.py", "smoke_io.py"):  # the runner and what it imports

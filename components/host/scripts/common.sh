@@ -7,6 +7,8 @@
 # Common environment:
 #   HOST_ROOT  prefix for every file path the scripts read or write (default: empty = the real
 #              root). Only the tests set it.
+#   PRIVILEGES root (default) | unprivileged (provision.privileges): unprivileged runs everything as the
+#              deploy user, never through sudo; a step that needs root fails with exit 11 instead
 #
 # Exit codes (shared by every script; each script's header lists the ones it uses):
 #   0   success (including "nothing to do")
@@ -22,6 +24,9 @@
 #   19  bad parameters (environment variables)
 #   20  NVIDIA Container Toolkit not working (nvidia-ctk failed)
 #   21  a runner copied to the host is not safe to run (run-verified.sh: owner, mode or content)
+#   22  the GPU memory a service needs is not free in time (gpu-memory-gate.sh)
+#   23  the reverse proxy's route could not be written or loaded (proxy-routes.sh)
+#   24  a container holding the reverse proxy's ports could not be stopped or removed (claim-ports.sh)
 
 # The EXIT_* codes, FILE_CHANGED and OS_* are read by the scripts that source this file.
 # shellcheck disable=SC2034
@@ -38,6 +43,9 @@ readonly EXIT_RUNTIME=17
 readonly EXIT_GPU_CONTAINER=18
 readonly EXIT_BAD_PARAMS=19
 readonly EXIT_TOOLKIT=20
+readonly EXIT_GPU_MEMORY=22
+readonly EXIT_PROXY_ROUTE=23
+readonly EXIT_PORT_CLAIM=24
 
 HOST_ROOT="${HOST_ROOT:-}"
 HOST_ROOT="${HOST_ROOT%/}"
@@ -55,8 +63,23 @@ die() {
   exit "$code"
 }
 
-# require_root: succeed when we are root or may use `sudo -n`; exit 11 otherwise.
+# unprivileged: true when the stack deploys without root (PRIVILEGES=unprivileged); exit 19 on another value.
+unprivileged() {
+  case "${PRIVILEGES:-root}" in
+    root) return 1 ;;
+    unprivileged) return 0 ;;
+    *) die "$EXIT_BAD_PARAMS" "PRIVILEGES must be root or unprivileged, got '${PRIVILEGES}'" \
+      "fix the stack's provision.privileges" ;;
+  esac
+}
+
+# require_root: succeed when we are root or may use `sudo -n`; exit 11 otherwise, and always without
+# root (PRIVILEGES=unprivileged), naming what an administrator has to do.
 require_root() {
+  if unprivileged; then
+    die "$EXIT_NEEDS_ROOT" "this step needs root, and user $(id -un) deploys without it (provision.privileges: unprivileged)" \
+      "have an administrator do it (the plan lists what is left to an administrator), or set provision.privileges: root for a user with passwordless sudo"
+  fi
   if [[ "$(id -u)" == 0 ]]; then
     return 0
   fi
@@ -66,9 +89,10 @@ require_root() {
   fi
 }
 
-# as_root COMMAND...: run COMMAND as root (directly, or through `sudo -n`).
+# as_root COMMAND...: run COMMAND as root (directly, or through `sudo -n`); without root
+# (PRIVILEGES=unprivileged) as the deploy user itself, never through sudo.
 as_root() {
-  if [[ "$(id -u)" == 0 ]]; then
+  if [[ "$(id -u)" == 0 ]] || unprivileged; then
     "$@"
   else
     sudo -n "$@"
@@ -164,4 +188,24 @@ download() {
     die "$EXIT_DOWNLOAD" "downloading $1 failed" \
       "check that the host can reach $(printf '%s' "$1" | cut -d/ -f3) over HTTPS (proxy, DNS, firewall), then run pulumi up again"
   fi
+}
+
+# publishes NAME PORT...: true when the container NAME publishes one of the host ports (<port>/<protocol>);
+# claim-ports.sh and gpu-memory-gate.sh use it.
+publishes() {
+  local name="$1" bindings binding key host
+  shift
+  # HostConfig.PortBindings ("<container port>/<protocol>" -> host ports): what the container asked
+  # for, kept while it is stopped too.
+  bindings="$(docker container inspect --format \
+    '{{range $p, $b := .HostConfig.PortBindings}}{{range $b}}{{$p}}={{.HostPort}} {{end}}{{end}}' \
+    "$name" 2>/dev/null)" || return 1
+  for binding in $bindings; do
+    key="${binding%%=*}"
+    host="${binding#*=}"
+    if [[ -n "$host" && " $* " == *" $host/${key#*/} "* ]]; then
+      return 0
+    fi
+  done
+  return 1
 }

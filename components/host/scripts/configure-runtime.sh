@@ -9,10 +9,14 @@
 #                      microk8s    the `nvidia` runtime written into
 #                                  /var/snap/microk8s/current/args/containerd-template.toml (not by
 #                                  nvidia-ctk: see microk8s_runtime), then `snap restart microk8s`
+#   PRIVILEGES         unprivileged (provision.privileges): docker only, and nothing is configured or
+#                      restarted: the running dockerd must already list the nvidia runtime and have
+#                      the NVIDIA device driver (an administrator's nvidia-ctk and Docker restart)
 #   HOST_ROOT          file path prefix (tests only; see common.sh)
 #
-# Exit codes: 0 ok (changed or unchanged), 11 needs root/sudo, 17 nvidia-ctk runtime configure
-#   or the restart failed, 19 bad parameters, 20 nvidia-ctk missing.
+# Exit codes: 0 ok (changed or unchanged), 11 needs root/sudo (unprivileged: not in the docker group),
+#   17 nvidia-ctk runtime configure or the restart failed (unprivileged: Docker needs an administrator),
+#   19 bad parameters, 20 nvidia-ctk missing.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -36,6 +40,24 @@ docker_restart_reason() {
   if ((installed > $(date +%s) - running)); then
     echo "dockerd started before $hook was installed, so it has no NVIDIA device driver"
   fi
+}
+
+# verify_docker_runtime RUNTIME: without root (PRIVILEGES=unprivileged) nothing is configured or restarted:
+# the deploy user must reach Docker, and the running dockerd must already be able to start GPU containers.
+verify_docker_runtime() {
+  local runtime="$1" user why
+  user="$(id -un)"
+  [[ "$runtime" == docker ]] || die "$EXIT_BAD_PARAMS" \
+    "CONTAINER_RUNTIME=$runtime needs root, and user $user deploys without it (provision.privileges: unprivileged)" \
+    "deploy to a Docker host, or set provision.privileges: root for a user with passwordless sudo"
+  docker info >/dev/null 2>&1 || die "$EXIT_NEEDS_ROOT" \
+    "user $user cannot use Docker ('docker info' failed): without root it must be in the docker group" \
+    "have an administrator run 'sudo usermod -aG docker $user', then run pulumi up again"
+  why="$(docker_restart_reason)"
+  [[ -z "$why" ]] || die "$EXIT_RUNTIME" \
+    "Docker cannot start GPU containers ($why), and user $user may not change that (provision.privileges: unprivileged)" \
+    "have an administrator run 'sudo nvidia-ctk runtime configure --runtime=docker && sudo systemctl restart docker' once, then run pulumi up again"
+  log "the running dockerd has the nvidia runtime; nothing changed (unprivileged)"
 }
 
 # The `nvidia` runtime (the handler of RuntimeClass nvidia) in MicroK8s's containerd template, shaped like
@@ -86,6 +108,10 @@ main() {
     *) die "$EXIT_BAD_PARAMS" "CONTAINER_RUNTIME must be docker, containerd or microk8s, got '${runtime}'" \
       "fix the stack's container runtime" ;;
   esac
+  if unprivileged; then
+    verify_docker_runtime "$runtime"
+    return 0
+  fi
   command -v nvidia-ctk >/dev/null 2>&1 || die "$EXIT_TOOLKIT" "nvidia-ctk not found on PATH" \
     "install the NVIDIA Container Toolkit first (toolkit action 'install')"
   require_root

@@ -9,11 +9,16 @@
 #              '..' components and '/' itself are refused before anything is created
 #   OWNER      "uid:gid", numeric (e.g. 1001:1001)
 #   MODE       octal mode of each listed directory (default 0750); world-writable modes are refused
+#   PRIVILEGES unprivileged (provision.privileges): run as the deploy user, never through sudo; then OWNER
+#              must be that user's own uid (and one of its groups), ROOT or the nearest directory above it
+#              that exists must be the user's (its home), and what the directories hold must be the
+#              user's already: each is checked first, and fails with exit 11 naming it
 #   HOST_ROOT  file path prefix (tests only; see common.sh)
 # Parents that do not exist yet are created root-owned with mode 0755; existing parents are untouched.
 # What a listed directory already holds is made the owner's (see own_contents); symlinks are never followed.
 #
-# Exit codes: 0 ok, 11 needs root/sudo, 19 bad parameters.
+# Exit codes: 0 ok, 11 needs root/sudo (unprivileged: a directory or owner only root could make), 19 bad
+#   parameters.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -41,12 +46,36 @@ no_links_below() {
   done
 }
 
+# may_prepare_unprivileged ROOT UID GID: without root the directories can only be the deploy user's, in a
+# directory it owns: OWNER must be the user, and ROOT (or the nearest directory above it that exists) the
+# user's, so that everything made below it is too. The plan cannot know owners: they are checked here.
+may_prepare_unprivileged() {
+  local root="$1" uid="$2" gid="$3" user base
+  user="$(id -un)"
+  if [[ "$uid" != "$(id -u)" || " $(id -G) " != *" $gid "* ]]; then
+    die "$EXIT_NEEDS_ROOT" "the directories' owner $uid:$gid is not user $user ($(id -u):$(id -g)), and only root can give a directory to another user (provision.privileges: unprivileged)" \
+      "run the services that mount them as $(id -u):$(id -g) (services.<name>.user), or have an administrator create them owned by $uid:$gid"
+  fi
+  base="$root"
+  while [[ -n "$base" && ! -e "${HOST_ROOT}${base}" ]]; do base="${base%/*}"; done
+  base="${base:-/}"
+  if [[ "$(stat -c %u "${HOST_ROOT}${base}")" != "$(id -u)" ]]; then
+    die "$EXIT_NEEDS_ROOT" "the stack's root $root is in $base, owned by $(stat -c %U "${HOST_ROOT}${base}"), not by $user, so without root nothing can be made there (provision.privileges: unprivileged)" \
+      "set target.root to a directory under $user's home, or have an administrator create $root owned by $user"
+  fi
+}
+
 # own_contents PATH UID GID LABEL: everything already inside PATH (a database left by an older setup, say)
 # becomes UID:GID and owner-writable, and nothing stays world-writable. find never follows symlinks (-P),
 # `chown -h` changes a link itself, and chmod skips links, so a link planted inside cannot reach out;
 # -xdev stays on this file system.
 own_contents() {
-  local path="$1" uid="$2" gid="$3" label="$4" owned moded
+  local path="$1" uid="$2" gid="$3" label="$4" owned moded foreign
+  if unprivileged; then  # only root can take what another user owns
+    foreign="$(find "$path" -xdev -mindepth 1 ! -uid "$uid" -print -quit)"
+    [[ -z "$foreign" ]] || die "$EXIT_NEEDS_ROOT" "${foreign#"$HOST_ROOT"} belongs to $(stat -c %U "$foreign"), not to $(id -un), and only root can make it the service's (provision.privileges: unprivileged)" \
+      "have an administrator run 'sudo chown -R $uid:$gid $label' once, then run pulumi up again"
+  fi
   owned="$(as_root find "$path" -xdev -mindepth 1 \( ! -uid "$uid" -o ! -gid "$gid" \) \
     -exec chown -h "$uid:$gid" {} + -print | wc -l)"
   moded="$(as_root find "$path" -xdev -mindepth 1 ! -type l \
@@ -80,9 +109,9 @@ main() {
     [[ "$dir" == "$root" || "$dir" == "$root"/* ]] || bad "directory '$dir' is outside the stack's root $root"
   done
 
-  require_root
-  umask 022
   local uid="${owner%%:*}" gid="${owner##*:}" path current
+  if unprivileged; then may_prepare_unprivileged "$root" "$uid" "$gid"; else require_root; fi
+  umask 022
   for dir in "${dirs[@]}"; do
     path="${HOST_ROOT}${dir}"
     no_links_below "$root" "$dir"
@@ -90,6 +119,10 @@ main() {
       bad "'$dir' exists and is not a directory"
     fi
     current="$(as_root stat -c '%u:%g %a' "$path" 2>/dev/null || true)"
+    if unprivileged && [[ -n "$current" && "${current%%:*}" != "$uid" ]]; then
+      die "$EXIT_NEEDS_ROOT" "$dir belongs to uid ${current%%:*}, not to $(id -un), and only root can make it the service's (provision.privileges: unprivileged)" \
+        "have an administrator run 'sudo chown -R $uid:$gid $dir' once, then run pulumi up again"
+    fi
     if [[ "$current" == "$uid:$gid $mode" ]]; then
       log "$dir: already $uid:$gid mode $mode"
     else

@@ -8,9 +8,11 @@
 #                      containerd: ctr image pull + ctr run --rm --gpus 0 IMAGE ... nvidia-smi
 #                      microk8s:   the same through `microk8s ctr`
 #                      (ctr checks GPU 0 only; docker checks all GPUs.)
+#   PRIVILEGES         unprivileged (provision.privileges): docker only, run as the deploy user (the
+#                      docker group), never through sudo
 #   HOST_ROOT          file path prefix (tests only; see common.sh)
 #
-# Exit codes: 0 ok, 11 needs root/sudo, 14 nvidia-smi failed on the host, 18 the GPU container
+# Exit codes: 0 ok, 11 needs root/sudo (unprivileged: not in the docker group), 14 nvidia-smi failed on the host, 18 the GPU container
 #   check failed, 19 bad parameters.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=common.sh
@@ -37,7 +39,15 @@ main() {
 
   nvidia-smi >&2 || die "$EXIT_DRIVER" "nvidia-smi failed on the host: the NVIDIA driver is not working" \
     "run nvidia-smi on the host to see why; install the driver or reboot after a driver install"
-  require_root
+  if ! unprivileged; then
+    require_root
+  elif [[ "$runtime" != docker ]]; then
+    die "$EXIT_BAD_PARAMS" "CONTAINER_RUNTIME=$runtime needs root, and user $(id -un) deploys without it (provision.privileges: unprivileged)" \
+      "deploy to a Docker host, or set provision.privileges: root for a user with passwordless sudo"
+  elif ! docker info >/dev/null 2>&1; then
+    die "$EXIT_NEEDS_ROOT" "user $(id -un) cannot use Docker ('docker info' failed): without root it must be in the docker group" \
+      "have an administrator run 'sudo usermod -aG docker $(id -un)', then run pulumi up again"
+  fi
 
   local status=0
   if [[ "$runtime" == docker ]]; then
