@@ -97,18 +97,8 @@ def reverse_proxy(
     rolling = {n: services[n].ports for n, r in rollouts.items() if r.mode == ZERO_DOWNTIME and n in services}
     if not rolling:
         return None
-    for name in rolling:
-        udp = [p.host_port for p in services[name].ports if p.protocol != "tcp"]
-        if udp:
-            raise ValueError(
-                f"service {name} rolls with zero downtime but publishes UDP port(s) {udp}, which the proxy "
-                f"cannot carry: set services.{name}.rollout: stop-first"
-            )
-    if "proxy" in services:
-        raise ValueError(
-            f"a service named proxy would have the container name {stack.stack}-proxy of the stack's reverse "
-            "proxy: rename the service"
-        )
+    # a UDP port, a service named proxy, a host port on two addresses: refused by the config
+    # (stacks/config/budgets.py proxy_rules and rollout_facts) before any resource exists
     return ReverseProxy(
         "proxy",
         ProxyArgs(

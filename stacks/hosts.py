@@ -38,7 +38,7 @@ def provisioning(wanted: ProvisionConfig, profile: GpuProfile | None) -> Provisi
         runtime=wanted.runtime,
         reboot=wanted.reboot,
         # holding packages needs root: without it the hold is the administrator's (left_to_administrator)
-        driver_hold=wanted.privileges == "root",
+        driver_hold=wanted.driver_hold and wanted.privileges == "root",
         privileged=wanted.privileges == "root",
     )
 

@@ -19,9 +19,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from components.core.gpu_memory import STOP_FIRST, ZERO_DOWNTIME
+
 ROLLOUT_OUTPUT = "rollout"
-ZERO_DOWNTIME = "zero-downtime"
-STOP_FIRST = "stop-first"
 UNKNOWN_MODE = "unknown"
 
 CONTAINER = "docker:index/container:Container"

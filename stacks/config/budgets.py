@@ -79,7 +79,8 @@ def rollout_facts(config: StackConfig) -> list[RolloutFacts]:
                     service=name,
                     requested=svc.rollout,
                     http_health=check is not None and check.http is not None,
-                    published_ports=any(port.protocol == "tcp" for port in svc.ports),
+                    # the proxy carries TCP only: a UDP port keeps the service on its own ports (stop first)
+                    published_ports=bool(svc.ports) and all(port.protocol == "tcp" for port in svc.ports),
                     start_period_s=check.start_period if check is not None else 0,
                 )
             )
@@ -378,8 +379,33 @@ def check_budgets(config: StackConfig, profile: GpuProfile | None = None) -> Non
     if isinstance(config.target, DockerTarget):
         if profile is None and config.profile != "auto":
             profile = PROFILES["cpu"] if config.profile == "cpu" else card_profile(config, config.profile)
-        docker_decisions(config, profile)
+        proxy_rules(config, docker_decisions(config, profile))
         return
     for problem in kubernetes_budget_problems(config):
         raise problem
     kubernetes_decisions(config)
+
+
+def proxy_rules(config: StackConfig, decisions: dict[str, Rollout]) -> None:
+    """What the reverse proxy (components/docker/proxy.py) cannot carry, refused before any resource: a
+    service named `proxy` (the proxy's container is `<stack>-proxy`), and one host port published on two
+    addresses by zero-downtime services (the proxy listens on the host port inside its container, once)."""
+    if "proxy" in config.services:
+        raise ConfigError(
+            "services.proxy",
+            "the name of the stack's reverse proxy (container <stack>-proxy): rename the service",
+        )
+    seen: dict[tuple[int, str], str] = {}
+    for name, svc in config.services.items():
+        if not svc.enabled or name not in decisions or decisions[name].mode != ZERO_DOWNTIME:
+            continue
+        for port in svc.ports:
+            key = (port.host_port, port.protocol)
+            if key in seen:
+                raise ConfigError(
+                    f"services.{name}.ports",
+                    f"host port {port.host_port} is published by {seen[key]} too: zero-downtime services "
+                    "reach the host through the one reverse proxy, which listens on each host port once; "
+                    f"use another port or set services.{name}.rollout: stop-first",
+                )
+            seen[key] = name

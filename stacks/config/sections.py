@@ -202,6 +202,9 @@ class ProvisionConfig(Model):
     # root: the steps may run as root (root, or passwordless `sudo -n`); unprivileged: the deploy user
     # only uses Docker (a shared machine's student account): the host steps verify, change nothing
     privileges: Literal["root", "unprivileged"] = "root"
+    # hold the driver packages at the installed branch (apt-mark hold / dnf versionlock); false for a host
+    # whose packages an administrator manages (unprivileged: never, holding needs root)
+    driver_hold: bool = True
 
     @model_validator(mode="after")
     def _unprivileged_only_verifies(self) -> ProvisionConfig:

@@ -238,11 +238,11 @@ class Service(Model):
                     "zero-downtime needs an HTTP health check (healthcheck.http): the traffic moves to the "
                     "new copy once it passes",
                 )
-            if not any(port.protocol == "tcp" for port in self.ports):
+            if not self.ports or any(port.protocol != "tcp" for port in self.ports):
                 raise KeyedError(
                     "rollout",
-                    "zero-downtime needs published TCP ports (ports): their traffic is what moves to the "
-                    "new copy",
+                    "zero-downtime needs published ports, all TCP (the reverse proxy carries no UDP): their "
+                    "traffic is what moves to the new copy",
                 )
             if self.gpu.uses_mig:
                 raise KeyedError(

@@ -38,17 +38,22 @@ if [ -e "$STATE/gpus.$n" ]; then cat "$STATE/gpus.$n"; else cat "$STATE/gpus"; f
 """,
     "docker": """
 case "$1" in
-  ps) shift; want=()  # ps -a --no-trunc --filter label=K=V ... --format '{{.Names}}'
-      while [ $# -gt 0 ]; do case "$1" in --filter) want+=("${2#label=}"); shift 2 ;; *) shift ;; esac; done
+  ps) shift; want=(); all=0  # ps [-a] --no-trunc --filter label=K=V ... --format '{{.Names}}'
+      while [ $# -gt 0 ]; do
+        case "$1" in --filter) want+=("${2#label=}"); shift 2 ;; -a) all=1; shift ;; *) shift ;; esac
+      done
       for f in "$STATE"/container-*; do
         [ -e "$f" ] || continue; ok=1
+        [ "$all" = 1 ] || [ ! -e "$STATE/stopped-${f##*/container-}" ] || continue
         for w in "${want[@]}"; do grep -qxF "label $w" "$f" || ok=0; done
         if [ "$ok" = 1 ]; then echo "${f##*/container-}"; fi
       done ;;
   container) [ -e "$STATE/container-${!#}" ] || { echo "Error: No such container: ${!#}" >&2; exit 1; }
-      case "$*" in *PortBindings*) sed -n 's/^port //p' "$STATE/container-${!#}" | tr '\\n' ' ' ;; esac ;;
+      case "$*" in *PortBindings*) sed -n 's/^port //p' "$STATE/container-${!#}" | tr '\\n' ' ' ;;
+        *State.Running*) if [ -e "$STATE/stopped-${!#}" ]; then echo false; else echo true; fi ;; esac ;;
   stop) [ "${STUB_STOP_FAIL:-0}" = 1 ] && { echo "Error response from daemon: cannot stop" >&2; exit 1; }
-        [ -e "$STATE/container-${!#}" ] || { echo "Error: No such container: ${!#}" >&2; exit 1; } ;;
+        [ -e "$STATE/container-${!#}" ] || { echo "Error: No such container: ${!#}" >&2; exit 1; }
+        touch "$STATE/stopped-${!#}" ;;
   rm) rm -f "$STATE/container-${!#}" ;;
   exec)
     shift; [ "$1" = -i ] && shift
@@ -106,6 +111,10 @@ class Host:
     def exists(self, name: str) -> bool:
         return (self.state / f"container-{name}").exists()
 
+    def running(self, name: str) -> bool:
+        """Known and not stopped: the scripts stop containers and leave their removal to Pulumi."""
+        return self.exists(name) and not (self.state / f"stopped-{name}").exists()
+
 
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
@@ -145,14 +154,14 @@ def test_stop_first_stops_the_old_copy_then_waits_until_its_memory_is_free(host:
     result = host.run("gpu-memory-gate", **GATE, STOP_OLD="1", OLD_CONTAINER="prod-app", STOP_GRACE_S="45")
     assert result.returncode == 0, result.stderr
     calls = host.calls()
-    assert calls.index("docker stop -t 45 prod-app") < calls.index("docker rm prod-app")
-    assert calls.index("docker rm prod-app") < calls.index(
+    assert not host.calls("docker rm"), "Pulumi removes the old copy itself"
+    assert calls.index("docker stop -t 45 prod-app") < calls.index(
         "nvidia-smi --query-gpu=index,uuid,memory.total,memory.used --format=csv,noheader,nounits"
     )
     assert len(host.calls("nvidia-smi --query-gpu=index")) == 4, (
         "it waited until the fourth reading freed the memory"
     )
-    assert not host.exists("prod-app")
+    assert not host.running("prod-app")
     assert result.stdout.startswith("gpu-memory-gate: app: 16384 MiB free on GPU 0 after ")
     assert result.stdout.strip().endswith(" s")
 
@@ -176,10 +185,10 @@ def test_zero_downtime_never_stops_anything(host: Host) -> None:
 def test_memory_not_free_in_time_names_device_free_needed_and_service(host: Host) -> None:
     host.container("prod-app")
     host.gpus(ONE_P40_BUSY)
-    gate = {**GATE, "WAIT_S": "1"}
+    gate = {**GATE, "WAIT_S": "2"}  # whole seconds (bash's SECONDS): 2 leaves room for a second reading
     started = time.monotonic()
     result = host.run("gpu-memory-gate", **gate, STOP_OLD="1", OLD_CONTAINER="prod-app")
-    assert_fails(result, 22, "GPU 0 has 4576 MiB free, app needs 16384 MiB (waited 1 s)", "gpuMemory")
+    assert_fails(result, 22, "GPU 0 has 4576 MiB free, app needs 16384 MiB (waited 2 s)", "gpuMemory")
     assert time.monotonic() - started < 10
     assert len(host.calls("nvidia-smi --query-gpu=index")) >= 2, "it polled until the deadline"
 
@@ -286,11 +295,11 @@ def test_stop_first_after_zero_downtime_stops_the_old_copy_and_the_proxy_going_a
     switched_host(host)
     result = host.run("gpu-memory-gate", **HANDOVER)
     assert result.returncode == 0, result.stderr
-    assert not host.exists("app-1a2b3c4") and not host.exists("prod-proxy")
-    assert all(host.exists(n) for n in ("prod-worker", "prod-metrics", "staging-app")), host.calls("docker")
+    assert not host.running("app-1a2b3c4") and not host.running("prod-proxy")
+    assert all(host.running(n) for n in ("prod-worker", "prod-metrics", "staging-app")), host.calls("docker")
     calls = host.calls("docker")
-    assert calls.index("docker stop -t 30 app-1a2b3c4") < calls.index("docker rm app-1a2b3c4")
-    assert calls.index("docker stop -t 30 prod-proxy") < calls.index("docker rm prod-proxy")
+    assert "docker stop -t 30 app-1a2b3c4" in calls and "docker stop -t 30 prod-proxy" in calls
+    assert not host.calls("docker rm"), "Pulumi removes them itself"
     assert not host.calls("nvidia-smi"), "no GPU: nothing to wait for"
     assert result.stdout == "gpu-memory-gate: app: no GPU, no memory to wait for\n"
     assert "a copy of app from before its rollout changed" in result.stderr
@@ -302,7 +311,7 @@ def test_a_container_publishing_the_host_port_from_another_container_port_is_sto
     host.container("prod-api", STACK, ("8000/tcp=30000",))  # 30000 is not 3000
     result = host.run("gpu-memory-gate", **HANDOVER)
     assert result.returncode == 0, result.stderr
-    assert not host.exists("prod-proxy") and host.exists("prod-api")
+    assert not host.running("prod-proxy") and host.running("prod-api")
 
 
 def test_a_gpu_service_hands_over_before_it_waits_for_the_memory(host: Host) -> None:
@@ -312,8 +321,8 @@ def test_a_gpu_service_hands_over_before_it_waits_for_the_memory(host: Host) -> 
     assert result.returncode == 0, result.stderr
     calls = host.calls()
     smi = "nvidia-smi --query-gpu=index,uuid,memory.total,memory.used --format=csv,noheader,nounits"
-    assert calls.index("docker rm app-1a2b3c4") < calls.index(smi)
-    assert calls.index("docker rm prod-proxy") < calls.index(smi)
+    assert calls.index("docker stop -t 30 app-1a2b3c4") < calls.index(smi)
+    assert calls.index("docker stop -t 30 prod-proxy") < calls.index(smi)
     assert "16384 MiB free on GPU 0" in result.stdout
 
 
@@ -328,8 +337,8 @@ def test_zero_downtime_and_a_plain_stop_first_gate_stop_nothing_else(host: Host)
     }
     result = host.run("gpu-memory-gate", **without_labels)
     assert result.returncode == 0, result.stderr
-    assert not host.calls("docker rm"), "without the stack's labels only the old copy by name"
-    assert host.exists("app-1a2b3c4") and host.exists("prod-proxy")
+    assert not host.calls("docker stop -t 30 app"), "without the stack's labels only the old copy by name"
+    assert host.running("app-1a2b3c4") and host.running("prod-proxy")
 
 
 @pytest.mark.parametrize(
@@ -362,10 +371,10 @@ def test_the_proxy_claims_its_ports_from_the_fixed_name_containers_of_before(hos
     host.container("staging-app", {"io.gpu-deploy.stack": "staging"}, ("3000/tcp=3000",))
     result = host.run("claim-ports", **CLAIM, STOP_GRACE_S="45")
     assert result.returncode == 0, result.stderr
-    assert not host.exists("prod-app") and not host.exists("prod-web")
-    assert all(host.exists(n) for n in ("prod-proxy", "prod-redis", "prod-dns", "staging-app"))
+    assert not host.running("prod-app") and not host.running("prod-web")
+    assert all(host.running(n) for n in ("prod-proxy", "prod-redis", "prod-dns", "staging-app"))
     calls = host.calls("docker")
-    assert calls.index("docker stop -t 45 prod-app") < calls.index("docker rm prod-app")
+    assert "docker stop -t 45 prod-app" in calls and not host.calls("docker rm")
     assert not [c for c in calls if c.startswith(("docker stop", "docker rm")) and "prod-proxy" in c]
     assert result.stdout == "claim-ports: 3000/tcp 8080/tcp free (stopped: prod-app prod-web)\n"
 

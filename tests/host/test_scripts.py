@@ -1356,14 +1356,19 @@ def test_driver_hold_can_be_turned_off(host: Host) -> None:
     result = host.run("install-driver", DRIVER_ACTION="verify", DRIVER_HOLD="no")
     assert result.returncode == 0, result.stderr
     assert [c.split()[0] for c in host.calls()] == ["nvidia-smi"]
-    assert "DRIVER_HOLD=no: the NVIDIA driver packages are not held" in result.stderr
+    assert (
+        "DRIVER_HOLD=no (provision.driverHold: false): the NVIDIA driver packages are not held"
+        in result.stderr
+    )
 
 
 def test_driver_hold_needs_root_only_for_what_is_not_held(host: Host) -> None:
     install_packages(host, UBUNTU_580, held=("nvidia-driver-580-server",))
     host.env.update(STUB_NVIDIA_SMI="ok", STUB_UID="1000", STUB_SUDO_DENY="1")
     result = host.run("install-driver", DRIVER_ACTION="verify")
-    assert_fails(result, 11, "holding the NVIDIA 580 driver packages needs root", "DRIVER_HOLD=no")
+    assert_fails(
+        result, 11, "holding the NVIDIA 580 driver packages needs root", "provision.driverHold: false"
+    )
     rest = " ".join(sorted(set(UBUNTU_580) - {"nvidia-driver-580-server"}))
     assert f"NEXT: have an administrator run 'sudo apt-mark hold {rest}' once" in result.stderr
     assert not host.called("apt-mark")

@@ -11,8 +11,9 @@ name (the proxy's alias).
 Stop first, as the gate command `<service>-gpu-memory` runs before the replacement container: a fake
 `nvidia-smi` reports the memory the old copy holds from what the real engine says about it (running, or
 gone a moment ago: the driver frees memory a little after the process ends), so the product's
-gpu-memory-gate.sh really stops and removes the old copy and waits for the memory; only then the new copy
-is created. The engine's own event log shows no start before the old copy was removed; a gate whose
+gpu-memory-gate.sh really stops the old copy and waits for the memory; then the provider's
+delete-before-replace removes it and the new copy is created. The engine's own event log shows no start
+before the old copy died and was removed; a gate whose
 memory never frees fails within its timeout with one line naming the device and the numbers. The
 interruption a client sees is measured and printed (`ROLLOUT-FIGURES:`).
 
@@ -282,6 +283,11 @@ def gate_env(old: str, **extra: object) -> dict[str, str]:
     return env_of(values)
 
 
+def running(engine: Engine, name: str) -> bool:
+    """The container exists and runs (the scripts stop what Pulumi removes later)."""
+    return bool(((inspect(engine, name) or {}).get("State") or {}).get("Running"))
+
+
 def test_stop_first_waits_for_the_old_copys_gpu_memory(
     engine: Engine, standins: StandinImages, network: str, cleanup: list[str], tmp_path: Path
 ) -> None:
@@ -299,8 +305,8 @@ def test_stop_first_waits_for_the_old_copys_gpu_memory(
     began = time.time()
     gate = run_host_script_locally("gpu-memory-gate", gate_env(name), engine, path_prefix=str(gpu.bin_dir))
     assert gate.exit == 0, gate.stderr
-    assert inspect(engine, name) is None, "the gate removed the old copy"
-    delete_container(engine, name, GRACE_S)  # the provider's delete-before-replace: already gone, fine
+    assert not running(engine, name), "the gate stopped the old copy (Pulumi removes it)"
+    delete_container(engine, name, GRACE_S)  # the provider's delete-before-replace: stop (done), remove
     create_container(engine, copy_inputs(name, standins.service, "v2", 2.0, [port]))
     new = inspect(engine, name) or {}
     client.wait_for("v2")
@@ -319,11 +325,11 @@ def test_stop_first_waits_for_the_old_copys_gpu_memory(
 
     queries = gpu.queries()
     first_free = next(t for t, used in queries if GPU_TOTAL_MIB - used >= BUDGET_MIB)
-    assert any(t > old_removed and GPU_TOTAL_MIB - used < BUDGET_MIB for t, used in queries), (
-        "the fake still reported the old copy's memory after it was removed (the driver's lag)",
+    assert any(t > old_died and GPU_TOTAL_MIB - used < BUDGET_MIB for t, used in queries), (
+        "the fake still reported the old copy's memory after it stopped (the driver's lag)",
         queries,
     )
-    assert old_removed < first_free <= gate.ended, (old_removed, first_free, gate.ended, queries)
+    assert old_died < first_free <= gate.ended, (old_died, first_free, gate.ended, queries)
     said = re.fullmatch(r"gpu-memory-gate: vision: 16384 MiB free on GPU 0 after (\d+) s\n", gate.stdout)
     assert said, gate.stdout
 
@@ -333,7 +339,7 @@ def test_stop_first_waits_for_the_old_copys_gpu_memory(
         "requests": len(samples),
         "failed": failed,
         "interruption_s": round(window_s, 2),
-        "memory_freed_after_removal_s": round(first_free - old_removed, 2),
+        "memory_freed_after_stop_s": round(first_free - old_died, 2),
         "gate_s": round(gate.ended - gate.started, 2),
         "gate_says": gate.stdout.strip(),
         "gate_waited_s": int(said.group(1)),
@@ -405,7 +411,7 @@ def test_switching_to_zero_downtime_the_proxy_claims_the_port_of_the_fixed_name_
     claim = run_host_script_locally("claim-ports", claim_env, engine)
     assert claim.exit == 0, claim.stderr
     assert claim.stdout == f"claim-ports: {port.host_port}/tcp free (stopped: {fixed})\n"
-    assert inspect(engine, fixed) is None, "the claim removed the fixed-name container"
+    assert not running(engine, fixed), "the claim stopped the fixed-name container (Pulumi removes it)"
     create_container(engine, proxy)
     again = run_host_script_locally("claim-ports", claim_env, engine)
     assert again.exit == 0 and "(stopped: nothing)" in again.stdout, "the running proxy is never claimed"
@@ -418,7 +424,7 @@ def test_switching_to_zero_downtime_the_proxy_claims_the_port_of_the_fixed_name_
     )
     assert routed.exit == 0, routed.stderr
     assert get_release(port.host_port).release == "v2", "the proxy publishes the port and routes to the copy"
-    delete_container(engine, fixed, GRACE_S)  # the end of the update: already gone, fine
+    delete_container(engine, fixed, GRACE_S)  # the end of the update: stop (done), remove
 
 
 def test_switching_to_stop_first_the_handover_frees_the_port_of_the_proxy_going_away(
@@ -453,10 +459,11 @@ def test_switching_to_stop_first_the_handover_frees_the_port_of_the_proxy_going_
     handover = run_host_script_locally("gpu-memory-gate", handover_env, engine)
     assert handover.exit == 0, handover.stderr
     assert handover.stdout == f"gpu-memory-gate: {web}: no GPU, no memory to wait for\n"
-    assert inspect(engine, copy) is None and inspect(engine, PROXY) is None
+    assert not running(engine, copy) and not running(engine, PROXY), "stopped; Pulumi removes them"
     create_container(engine, labeled(copy_inputs(fixed, standins.service, "v2", 0.2, [port]), web))
     assert get_release(port.host_port).release == "v2", "the fixed-name container publishes the port"
-    # the end of the update: the old copy, the route and the proxy are deleted; all already gone, fine
+    # the end of the update: the route (its proxy stopped: nothing to take away), the old copy and the
+    # proxy are deleted
     gone = run_host_script_locally(
         "proxy-routes", {**route_env(route_caddyfile(web, [port], copy), "remove"), "SERVICE": web}, engine
     )

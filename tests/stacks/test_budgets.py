@@ -116,8 +116,23 @@ def test_a_service_without_a_budget_has_none() -> None:
         ),
         (
             {"web": {"rollout": "zero-downtime", "ports": None}},
-            "services.web.rollout: zero-downtime needs published TCP ports (ports): their traffic is what moves "
-            "to the new copy",
+            "services.web.rollout: zero-downtime needs published ports, all TCP (the reverse proxy carries no "
+            "UDP): their traffic is what moves to the new copy",
+        ),
+        (
+            {"web": {"rollout": "zero-downtime", "ports": ["127.0.0.1:8080:8080", "127.0.0.1:5353:53/udp"]}},
+            "services.web.rollout: zero-downtime needs published ports, all TCP (the reverse proxy carries no "
+            "UDP): their traffic is what moves to the new copy",
+        ),
+        (
+            {"proxy": {"image": "ghcr.io/acme/proxy:1.0.0"}},
+            "services.proxy: the name of the stack's reverse proxy (container <stack>-proxy): rename the service",
+        ),
+        (
+            {"web": {"ports": ["[::1]:3000:8080"]}},  # the same host port on another address
+            "services.web.ports: host port 3000 is published by app too: zero-downtime services reach the host "
+            "through the one reverse proxy, which listens on each host port once; use another port or set "
+            "services.web.rollout: stop-first",
         ),
     ],
 )
@@ -339,3 +354,11 @@ def test_the_plan_gives_each_deployment_its_rollout(tmp_path: Path) -> None:
         "interruptionS": 900,
     }
     assert set(plan.outputs["rollout"]) == {"kokoro", "faster-whisper", "web", "admin"}
+
+
+def test_a_udp_port_keeps_auto_on_stop_first() -> None:
+    """The proxy carries TCP only: under auto a service with a UDP port keeps its own ports."""
+    raw = docker(web={"ports": ["127.0.0.1:8080:8080", "127.0.0.1:5353:53/udp"]})
+    rollouts = docker_rollouts(resolved(raw))
+    assert rollouts["web"].mode == "stop-first"
+    assert docker_rollouts(resolved(docker()))["web"].mode == "zero-downtime"

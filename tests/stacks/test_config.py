@@ -212,7 +212,10 @@ def test_auto_on_an_ssh_host_names_the_cuda_key_no_card_can_run() -> None:
         ("services.app.healthcheck.http.bogus", "path, port"),
         ("services.migrate.build.bogus", "args, context, dockerfile, target"),
         ("cuda.bogus", "driver, mig, torchVersion, version, wheelIndex"),
-        ("provision.bogus", "driver, driverBranch, kernelModules, privileges, reboot, runtime, toolkit"),
+        (
+            "provision.bogus",
+            "driver, driverBranch, driverHold, kernelModules, privileges, reboot, runtime, toolkit",
+        ),
     ],
 )
 def test_unknown_key_lists_the_allowed_ones(path: str, allowed: str) -> None:

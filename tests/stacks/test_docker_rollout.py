@@ -179,12 +179,12 @@ def test_a_stop_first_service_with_ports_hands_over_after_the_proxy(shipped_plan
     assert "queue-worker-handover" not in names and "queue-worker-gpu-memory" not in names
 
 
-def test_a_service_named_proxy_is_refused_when_the_proxy_runs(tmp_path: Path) -> None:
+def test_a_service_named_proxy_is_refused_before_any_resource(tmp_path: Path) -> None:
     def rename(config: dict[str, Any]) -> None:
         services = config["gpu-deploy:services"]
-        services["proxy"] = services.pop("app")
+        services["proxy"] = services.pop("admin")  # a disabled one: refused all the same
 
-    with pytest.raises(Exception, match="container name prod-proxy"):
+    with pytest.raises(Exception, match=r"services\.proxy: the name of the stack's reverse proxy"):
         plan_with(tmp_path, "prod", rename)
 
 

@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 import yaml
 
+from components.core.gpu_memory import STOP_FIRST, ZERO_DOWNTIME
 from stacks.__main__ import render_tree
 from stacks.diff import diff_plans, render_text
 from stacks.plan import PROJECT_DIR, make_plan
-from stacks.rollout_view import STOP_FIRST, ZERO_DOWNTIME, rollouts
+from stacks.rollout_view import rollouts
 from tests.fake_nvml import cards
 from tests.plans import CONTAINER, ShippedPlan, plan_with, stack_config
 from tests.probe import FAKE_NVML

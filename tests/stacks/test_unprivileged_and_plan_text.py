@@ -61,6 +61,21 @@ def test_privileges_is_root_or_unprivileged() -> None:
     assert load(changed())[0].provision.privileges == "root"
 
 
+def test_driver_hold_is_on_by_default_and_one_key_turns_it_off(tmp_path: Path) -> None:
+    """provision.driverHold: the hint of the driver step (install-driver.sh) names it."""
+    (tmp_path / "held").mkdir()
+    (tmp_path / "free").mkdir()
+    held = plan_with(tmp_path / "held", "prod", lambda config: None)
+    assert "DRIVER_HOLD=yes" in held.named(COMMAND, "gpu-host-driver").inputs["create"]
+
+    def off(config: dict[str, Any]) -> None:
+        config.setdefault("gpu-deploy:provision", {})["driverHold"] = False
+
+    free = plan_with(tmp_path / "free", "prod", off)
+    assert "DRIVER_HOLD=no" in free.named(COMMAND, "gpu-host-driver").inputs["create"]
+    rejected(changed(("provision.driverHold", "maybe")), "provision.driverHold", "bool")
+
+
 # ---------------------------------------------------------------- the edu-gpu stack: without root
 def test_edu_gpu_steps_run_unprivileged_verify_only_and_never_hold(shipped_plan: ShippedPlan) -> None:
     plan = shipped_plan("edu-gpu")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Free the host ports the stack's reverse proxy is about to publish: stop and remove every other container
+# Free the host ports the stack's reverse proxy is about to publish: stop every other container
 # of this stack that publishes one of them, before the proxy's container is created.
 #
 # Those are the fixed-name copies of services that stopped first in the previous deployment and roll with
@@ -29,16 +29,14 @@ failed() {
   die "$EXIT_PORT_CLAIM" "$1" "$2"
 }
 
-# release NAME GRACE: stop and remove NAME; one already gone is fine.
+# release NAME GRACE: stop NAME, which frees its ports; one already gone is fine.
 release() {
   local name="$1" grace="$2" out
   log "stopping $name, which publishes a port the proxy takes over (grace ${grace} s)"
   if ! out="$(docker stop -t "$grace" "$name" 2>&1)" && [[ "$out" != *"No such container"* ]]; then
     failed "stopping $name failed: $out" "stop it by hand (docker stop $name), then run pulumi up again"
   fi
-  if ! out="$(docker rm "$name" 2>&1)" && [[ "$out" != *"No such container"* ]]; then
-    failed "removing $name failed: $out" "remove it by hand (docker rm -f $name), then run pulumi up again"
-  fi
+  # stopped, not removed: Pulumi deletes it itself at the end of the update (see gpu-memory-gate.sh)
 }
 
 main() {
@@ -53,9 +51,10 @@ main() {
   [[ "$grace" =~ ^[0-9]+$ ]] || bad "STOP_GRACE_S is a whole number of seconds, got '$grace'"
   IFS=, read -r -a ports <<<"$wanted"
 
-  if ! names="$(docker ps -a --no-trunc --filter "label=$stack" --format '{{.Names}}' 2>&1)"; then
+  # running ones only: a stopped container holds no port (and is Pulumi's to remove)
+  if ! names="$(docker ps --no-trunc --filter "label=$stack" --format '{{.Names}}' 2>&1)"; then
     failed "listing the containers labeled $stack failed: $names" \
-      "check the Docker engine (docker ps -a), then run pulumi up again"
+      "check the Docker engine (docker ps), then run pulumi up again"
   fi
   for name in $names; do
     if [[ "$name" != "$keep" ]] && publishes "$name" "${ports[@]}"; then

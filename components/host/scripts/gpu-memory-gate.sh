@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Hold a service's new copy back until the old one is gone and the GPU memory it needs is free.
 #
-# Stop-first rollout (STOP_OLD=1), the handover: stop (`docker stop -t STOP_GRACE_S`, then `docker rm`)
+# Stop-first rollout (STOP_OLD=1), the handover: stop (`docker stop -t STOP_GRACE_S`; Pulumi removes them)
 #   1. the old copy OLD_CONTAINER, when it exists;
 #   2. any other container of this stack (STACK_LABEL) carrying SERVICE_LABEL: a zero-downtime copy of the
 #      service from before its rollout mode changed (auto-named, so not found by name);
@@ -14,7 +14,7 @@
 #
 # Environment:
 #   SERVICE        the service (for messages)
-#   STOP_OLD       1: stop and remove OLD_CONTAINER first (when it exists); 0 (default): no stop
+#   STOP_OLD       1: stop OLD_CONTAINER first (when it exists; Pulumi removes it); 0 (default): no stop
 #   OLD_CONTAINER  the old copy's container name (required with STOP_OLD=1)
 #   STOP_GRACE_S   seconds `docker stop -t` gives the old copy before SIGKILL (default 30)
 #   STACK_LABEL    label=value every container of this stack carries (io.gpu-deploy.stack=<stack>);
@@ -41,7 +41,7 @@ bad() {
   die "$EXIT_BAD_PARAMS" "$1" "fix the gate's parameters (components/docker/container.py) and run pulumi up again"
 }
 
-# stop_old NAME GRACE [WHAT]: stop and remove the old copy (or WHAT); one already gone is fine.
+# stop_old NAME GRACE [WHAT]: stop the old copy (or WHAT); one already gone is fine.
 stop_old() {
   local name="$1" grace="$2" what="${3:-the old copy $1}" out
   if ! docker container inspect --format '{{.Id}}' "$name" >/dev/null 2>&1; then
@@ -53,39 +53,44 @@ stop_old() {
     die "$EXIT_GPU_MEMORY" "stopping the old copy $name of $SERVICE failed: $out" \
       "stop it by hand (docker stop $name), then run pulumi up again"
   fi
-  if ! out="$(docker rm "$name" 2>&1)" && [[ "$out" != *"No such container"* ]]; then
-    die "$EXIT_GPU_MEMORY" "removing the old copy $name of $SERVICE failed: $out" \
-      "remove it by hand (docker rm -f $name), then run pulumi up again"
-  fi
+  # Stopped, not removed: Pulumi still holds the container in its state and deletes it itself (stop, then
+  # remove). Whether the Docker provider bundled with pulumi-docker 5.x tolerates a container removed
+  # behind its back depends on its terraform-provider-docker (idempotent deletes came with kreuzwerker's
+  # #891, 2026-04); a stopped container frees its GPU memory and ports just the same.
 }
 
-# labeled LABEL...: the names of the containers, in any state, carrying every LABEL (label=value).
+# labeled LABEL...: the names of the running containers carrying every LABEL (label=value): only a
+# running one holds ports or GPU memory (a stopped one is Pulumi's to remove).
 labeled() {
   local label out
   local -a filters=()
   for label in "$@"; do
     filters+=(--filter "label=$label")
   done
-  if ! out="$(docker ps -a --no-trunc "${filters[@]}" --format '{{.Names}}' 2>&1)"; then
+  if ! out="$(docker ps --no-trunc "${filters[@]}" --format '{{.Names}}' 2>&1)"; then
     die "$EXIT_GPU_MEMORY" "listing the containers labeled $* failed: $out" \
-      "check the Docker engine (docker ps -a), then run pulumi up again"
+      "check the Docker engine (docker ps), then run pulumi up again"
   fi
   printf '%s\n' "$out"
 }
 
-# handover GRACE: stop and remove the service's other containers of this stack (2. and 3. above).
+# handover GRACE: stop the service's other containers of this stack (2. and 3. above).
 handover() {
   local grace="$1" name
   local -a ports=()
   [[ -n "$STACK" ]] || return 0
+  local names
+  # assigned first: a failed listing inside `for ... in $(...)` would not stop the script (set -e)
   if [[ -n "$SERVICE_LABEL" ]]; then
-    for name in $(labeled "$STACK" "$SERVICE_LABEL"); do
+    names="$(labeled "$STACK" "$SERVICE_LABEL")"
+    for name in $names; do
       [[ "$name" == "$OLD" ]] || stop_old "$name" "$grace" "$name, a copy of $SERVICE from before its rollout changed"
     done
   fi
   IFS=, read -r -a ports <<<"$PORTS"
   ((${#ports[@]} > 0)) || return 0
-  for name in $(labeled "$STACK"); do
+  names="$(labeled "$STACK")"
+  for name in $names; do
     if [[ "$name" != "$OLD" ]] && publishes "$name" "${ports[@]}"; then
       stop_old "$name" "$grace" "$name, which publishes a port of $SERVICE (${ports[*]})"
     fi

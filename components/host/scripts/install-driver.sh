@@ -179,13 +179,13 @@ branch_packages() {
 hold_needs_root() {
   if unprivileged; then
     die "$EXIT_NEEDS_ROOT" "holding the NVIDIA $1 driver packages needs root, and user $(id -un) deploys without it (provision.privileges: unprivileged)" \
-      "have an administrator run 'sudo $2' once, or turn the hold off (DRIVER_HOLD=no)"
+      "have an administrator run 'sudo $2' once, or turn the hold off (provision.driverHold: false)"
   fi
   if [[ "$(id -u)" == 0 ]] || { command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; }; then
     return 0
   fi
   die "$EXIT_NEEDS_ROOT" "holding the NVIDIA $1 driver packages needs root, and 'sudo -n' is not allowed for user $(id -un)" \
-    "have an administrator run 'sudo $2' once, or connect as root or with passwordless sudo, or turn the hold off (DRIVER_HOLD=no)"
+    "have an administrator run 'sudo $2' once, or connect as root or with passwordless sudo, or turn the hold off (provision.driverHold: false)"
 }
 
 # ensure_versionlock: dnf 5 has `versionlock` built in; dnf 4 needs python3-dnf-plugin-versionlock.
@@ -202,7 +202,7 @@ ensure_versionlock() {
 hold_driver() {
   local branch="$1" command status=0
   if [[ "$DRIVER_HOLD" == no ]]; then
-    log "DRIVER_HOLD=no: the NVIDIA driver packages are not held; an upgrade may replace them under running containers"
+    log "DRIVER_HOLD=no (provision.driverHold: false): the NVIDIA driver packages are not held; an upgrade may replace them under running containers"
     return 0
   fi
   if [[ "$PKG_FAMILY" == apt ]]; then command="apt-mark hold"; else command="dnf versionlock add"; fi
@@ -223,7 +223,7 @@ hold_driver() {
     as_root dnf versionlock add "${TO_HOLD[@]}" >&2 || status=$?
   fi
   [[ "$status" == 0 ]] || die "$EXIT_PACKAGE" "holding the NVIDIA ${branch} driver packages failed ($command, exit $status)" \
-    "read the output above and run '$command ${TO_HOLD[*]}' by hand, or turn the hold off (DRIVER_HOLD=no); then run pulumi up again"
+    "read the output above and run '$command ${TO_HOLD[*]}' by hand, or turn the hold off (provision.driverHold: false); then run pulumi up again"
   log "held the NVIDIA ${branch} driver packages at their installed versions ($command): ${TO_HOLD[*]}"
 }
 

@@ -12,7 +12,8 @@
 #   SERVICE          the service: its route file is ROUTES_DIR/SERVICE.caddy
 #   ROUTE            the route file's text. ACTION=remove takes the file away only while it still holds
 #                    exactly this text (a newer copy's route is left alone); empty: whatever it holds
-#   ACTION           set (default) | remove. remove succeeds when the proxy container does not exist.
+#   ACTION           set (default) | remove. remove succeeds when the proxy container does not exist or
+#                    is stopped.
 #   ROUTES_DIR       the routes directory inside the proxy (default /tmp/gpu-deploy-routes)
 #   CONFIG           the main Caddyfile inside the proxy (default /etc/caddy/Caddyfile)
 #   CADDY            the caddy binary inside the proxy (default /tmp/caddy)
@@ -82,11 +83,17 @@ main() {
   [[ "$POLL" =~ ^[0-9]+(\.[0-9]+)?$ ]] || bad "POLL_S must be a number of seconds, got '$POLL'"
   file="$DIR/$SERVICE.caddy"
 
-  if ! docker container inspect --format '{{.Id}}' "$PROXY" >/dev/null 2>&1; then
+  local running
+  running="$(docker container inspect --format '{{.State.Running}}' "$PROXY" 2>/dev/null)" || running=absent
+  if [[ "$running" != true ]]; then
+    # A proxy that is gone, or stopped by a handover (its service stops first now, and Pulumi deletes the
+    # proxy at the end of this update, after this route): nothing routes through it any more.
     if [[ "$action" == remove ]]; then
-      log "$SERVICE: the proxy $PROXY is gone, so is its route"
+      log "$SERVICE: the proxy $PROXY is not running ($running), so neither is its route"
       return 0
     fi
+  fi
+  if [[ "$running" == absent ]]; then
     failed "the proxy container $PROXY does not exist, so $SERVICE's route cannot be set" \
       "run pulumi up again: the proxy is created before any route"
   fi
