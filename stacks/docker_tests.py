@@ -24,7 +24,7 @@ import dataclasses
 import pulumi
 
 from components.core.vocabulary import LABEL_SERVICE
-from components.docker.container import GpuContainer, GpuContainerArgs, Mount
+from components.docker.container import NO_GPU_DEVICES, GpuContainer, GpuContainerArgs, Mount
 from components.docker.image import CudaImage
 from stacks.config import ImageConfig, Service, StackConfig
 from stacks.config.builds import ImageBuild, build_source, team_args
@@ -97,7 +97,10 @@ def test_job(
         keep_image=False,
         labels={**service_args.labels, LABEL_SERVICE: job},
         zero_downtime=True,  # its gate only confirms the room beside the running copy: it stops nothing
-        gate=dataclasses.replace(gate, need_mib=test.gpu_memory or svc.gpu_memory) if gate else None,
+        # a GPU service's job checks its own budget; without a GPU there is no room to check
+        gate=dataclasses.replace(gate, need_mib=test.gpu_memory or svc.gpu_memory)
+        if gate is not None and gate.devices != NO_GPU_DEVICES
+        else None,
     )
     return GpuContainer(job, args, opts=opts)
 

@@ -30,6 +30,7 @@ import pulumi_kubernetes as k8s
 
 from components.core import vocabulary
 from components.core.catalog import GpuProfile
+from components.core.gpu_memory import Rollout
 from components.core.sharing import SharingSpec, gpu_capacity
 from components.kubernetes.cluster import (
     GpuCluster,
@@ -208,6 +209,7 @@ def start_workloads(
     namespace: k8s.core.v1.Namespace | None,
     cluster: GpuCluster | None,
     checks: dict[str, GpuCheck],
+    rollouts: dict[str, Rollout],
     cluster_provider: k8s.Provider,
 ) -> dict[str, GpuWorkload]:
     """One GpuWorkload per enabled service, in dependsOn order, a GPU one after its card's GPU check."""
@@ -215,7 +217,6 @@ def start_workloads(
     target = config.target
     assert isinstance(target, KubernetesTarget)
     demand = kubernetes_gpu_demand(config)
-    rollouts = kubernetes_rollouts(stack)
     workloads: dict[str, GpuWorkload] = {}
     for name, svc in services.items():
         card = service_card(config, name)
@@ -256,7 +257,11 @@ def smoke_test_workloads(
 
 
 def export_outputs(
-    stack: ResolvedStack, profile: GpuProfile, sharing: SharingSpec, services: dict[str, Service]
+    stack: ResolvedStack,
+    profile: GpuProfile,
+    sharing: SharingSpec,
+    services: dict[str, Service],
+    rollouts: dict[str, Rollout],
 ) -> None:
     config = stack.config
     target = config.target
@@ -294,7 +299,7 @@ def export_outputs(
     pulumi.export("images", images)
     pulumi.export("startOrder", list(services))
     # how each workload rolls (stacks/config/budgets.py): the mode, why and the expected interruption
-    pulumi.export("rollout", {name: r.as_json() for name, r in kubernetes_rollouts(stack).items()})
+    pulumi.export("rollout", {name: r.as_json() for name, r in rollouts.items()})
 
 
 def deploy(stack: ResolvedStack) -> None:
@@ -324,7 +329,9 @@ def deploy(stack: ResolvedStack) -> None:
         stack, sharing, cluster=cluster, namespace=namespace, cluster_provider=cluster_provider
     )
 
-    # 6. The workloads, then 7. their smoke tests, then the outputs.
+    # 6. The workloads, each rolling as decided before anything exists (stacks/config/budgets.py), then
+    # 7. their smoke tests, then the outputs.
+    rollouts = kubernetes_rollouts(stack)
     workloads = start_workloads(
         stack,
         services,
@@ -332,7 +339,8 @@ def deploy(stack: ResolvedStack) -> None:
         namespace=namespace,
         cluster=cluster,
         checks=checks,
+        rollouts=rollouts,
         cluster_provider=cluster_provider,
     )
     smoke_test_workloads(stack, services, workloads, cluster_provider=cluster_provider)
-    export_outputs(stack, profile, sharing, services)
+    export_outputs(stack, profile, sharing, services, rollouts)

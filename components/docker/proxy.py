@@ -45,6 +45,7 @@ from components.core.vocabulary import (
     PROXY_IMAGE,
     PROXY_ROUTES_DIR,
 )
+from components.docker.container import LOG_OPTIONS
 from components.docker.host_command import HostCommand, host_command
 from components.options import child_options
 
@@ -52,7 +53,6 @@ PROXY_USER = "65534:65534"  # nobody: the proxy needs no files of its own but /t
 PROXY_MEMORY_MIB = 256
 PROXY_STOP_GRACE_S = 10
 CLAIM_STOP_GRACE_S = 30  # `docker stop -t` for a container the proxy takes the ports of (a copy's grace)
-LOG_OPTIONS = {"max-size": "10m", "max-file": "3"}
 
 
 def main_caddyfile(routes_dir: str = PROXY_ROUTES_DIR) -> str:

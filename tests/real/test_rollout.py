@@ -41,9 +41,9 @@ from components.core.vocabulary import (
     PROXY_CONFIG,
     PROXY_ROUTES_DIR,
 )
+from components.docker.container import LOG_OPTIONS
 from components.docker.healthcheck import http_probe
 from components.docker.proxy import (
-    LOG_OPTIONS,
     PROXY_MEMORY_MIB,
     PROXY_STOP_GRACE_S,
     PROXY_USER,
